@@ -1,0 +1,221 @@
+//! The gateway engine (programs + per-sandbox listeners) and the long-lived `gateway run` daemon.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::{
+    ebpf::{Attachment, EbpfError, PinDir, Programs},
+    net::listener::{self, ListenError, SandboxContext},
+    sandbox::{
+        SandboxId, SandboxSpec,
+        cgroup::{Cgroup, CgroupError},
+        netns::{NetNs, NetNsError},
+    },
+};
+
+/// Errors starting or running the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The gateway needs root for eBPF, cgroups and namespaces.
+    #[error("gateway must run as root (it loads eBPF programs, attaches them to cgroups and enters network namespaces)")]
+    NotRoot,
+    /// A sandbox's cgroup could not be used.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// A sandbox's network namespace could not be used.
+    #[error(transparent)]
+    NetNs(#[from] NetNsError),
+    /// Loading, attaching or pinning eBPF failed.
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    /// Pinning failed.
+    #[error(transparent)]
+    Pin(#[from] crate::ebpf::pins::PinError),
+    /// A sandbox's listener could not be opened.
+    #[error("sandbox {sandbox} (cgroup {cgroup}): {source}")]
+    Listen { sandbox: SandboxId, cgroup: PathBuf, #[source] source: ListenError },
+    /// The gateway process itself is inside a sandbox cgroup, so its upstream dials would loop.
+    #[error("the gateway runs inside sandbox cgroup {cgroup} (its own cgroup is {own}); run it outside every sandbox")]
+    InsideSandbox { cgroup: PathBuf, own: PathBuf },
+    /// Waiting for signals failed.
+    #[error("installing signal handlers: {source}")]
+    Signals { #[source] source: std::io::Error },
+}
+
+/// Fails unless the effective user is root.
+pub fn require_root() -> Result<(), DaemonError> {
+    if nix::unistd::geteuid().is_root() { Ok(()) } else { Err(DaemonError::NotRoot) }
+}
+
+/// Tunables shared by every sandbox.
+#[derive(Clone, Copy, Debug)]
+pub struct EngineOptions {
+    /// How long an upstream connect may take.
+    pub connect_timeout: Duration,
+}
+
+/// A sandbox being served.
+#[derive(Debug)]
+struct Served {
+    id: SandboxId,
+    cgroup_id: u64,
+    attachment: Attachment,
+}
+
+/// The running gateway: loaded programs, and one listener (and accept tasks) per sandbox.
+#[derive(Debug)]
+pub struct Engine {
+    programs: Programs,
+    options: EngineOptions,
+    served: Vec<Served>,
+    tasks: JoinSet<()>,
+}
+
+/// What [`Engine::add_sandbox`] set up, for logs and callers.
+#[derive(Clone, Copy, Debug)]
+pub struct SandboxInfo {
+    /// The sandbox's id.
+    pub id: SandboxId,
+    /// Its listener's port (127.0.0.1 and ::1 in its namespace).
+    pub listener_port: u16,
+}
+
+impl Engine {
+    /// Loads the programs, pinning state in `pins` when given.
+    pub fn new(pins: Option<PinDir>, options: EngineOptions) -> Result<Self, DaemonError> {
+        Ok(Engine { programs: Programs::load(pins)?, options, served: Vec::new(), tasks: JoinSet::new() })
+    }
+
+    /// Starts redirecting `cgroup`'s connections to `ports` through a new listener. Must be
+    /// called inside the tokio runtime.
+    pub fn add_sandbox(
+        &mut self,
+        cgroup: &Cgroup,
+        netns: Option<&NetNs>,
+        ports: &[u16],
+    ) -> Result<SandboxInfo, DaemonError> {
+        refuse_own_cgroup(cgroup.path())?;
+        let id = SandboxId(self.served.len() as u32 + 1);
+        let listen_err = |source| DaemonError::Listen { sandbox: id, cgroup: cgroup.path().into(), source };
+        let bound = listener::bind(netns).map_err(listen_err)?;
+        let listener_port = bound.port;
+        let listeners = bound.into_tokio().map_err(|source| {
+            listen_err(ListenError::Bind { op: "register", addr: ([127, 0, 0, 1], listener_port).into(), source })
+        })?;
+        // Listeners accept before the programs redirect anything, so no connect is lost.
+        let ctx = Arc::new(SandboxContext {
+            id,
+            orig_dst: self.programs.orig_dst(),
+            connect_timeout: self.options.connect_timeout,
+        });
+        let mut handles = Vec::new();
+        for listener in listeners {
+            handles.push(self.tasks.spawn(listener::serve(listener, Arc::clone(&ctx))));
+        }
+        match self.programs.attach(cgroup, id, listener_port, ports) {
+            Ok(attachment) => {
+                self.served.push(Served { id, cgroup_id: cgroup.id(), attachment });
+                Ok(SandboxInfo { id, listener_port })
+            }
+            Err(err) => {
+                handles.iter().for_each(|h| h.abort());
+                let _ = self.programs.forget(cgroup.id());
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Current eBPF counters by name.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, DaemonError> {
+        Ok(self.programs.counters()?)
+    }
+
+    /// Detaches every sandbox, stops the listeners and removes the pins.
+    pub async fn shutdown(mut self) {
+        for served in self.served.drain(..) {
+            let Served { id, cgroup_id, attachment } = served;
+            drop(attachment);
+            if let Err(err) = self.programs.forget(cgroup_id) {
+                warn!(sandbox = %id, error = %err, "failed to forget sandbox");
+            }
+        }
+        self.tasks.shutdown().await;
+    }
+}
+
+/// The gateway must not be in a cgroup it redirects.
+fn refuse_own_cgroup(sandbox: &Path) -> Result<(), DaemonError> {
+    let own = crate::sandbox::cgroup::own_cgroup()?;
+    if own.starts_with(sandbox) {
+        return Err(DaemonError::InsideSandbox { cgroup: sandbox.into(), own });
+    }
+    Ok(())
+}
+
+/// Options of `gateway run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Sandboxes to serve.
+    pub sandboxes: Vec<SandboxSpec>,
+    /// Where maps and links are pinned.
+    pub pin_dir: PathBuf,
+    /// Engine tunables.
+    pub engine: EngineOptions,
+}
+
+/// `gateway run`: serves the sandboxes until SIGINT or SIGTERM.
+pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
+    require_root()?;
+    let mut signals = Signals::new()?;
+    let pins = PinDir::create(&options.pin_dir)?;
+    let mut engine = Engine::new(Some(pins), options.engine)?;
+    for spec in &options.sandboxes {
+        let cgroup = Cgroup::open(&spec.cgroup)?;
+        let netns = spec.netns.as_deref().map(NetNs::open).transpose()?;
+        let info = engine.add_sandbox(&cgroup, netns.as_ref(), &spec.ports)?;
+        info!(
+            sandbox = %info.id, cgroup = %cgroup.path().display(), cgroup_id = cgroup.id(),
+            netns = netns.as_ref().map(NetNs::label).unwrap_or("host"),
+            listener_port = info.listener_port, ports = ?spec.ports,
+            "sandbox attached"
+        );
+    }
+    info!(pin_dir = %options.pin_dir.display(), sandboxes = options.sandboxes.len(), "gateway ready");
+    let signal = signals.recv().await;
+    let counters = engine.counters().map(|c| format!("{c:?}")).unwrap_or_else(|e| e.to_string());
+    info!(signal, counters, "shutting down");
+    engine.shutdown().await;
+    Ok(())
+}
+
+/// SIGINT and SIGTERM.
+#[derive(Debug)]
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts listening (must run inside the runtime).
+    pub fn new() -> Result<Self, DaemonError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Signals { source })?;
+        let term = signal(SignalKind::terminate()).map_err(|source| DaemonError::Signals { source })?;
+        Ok(Signals { int, term })
+    }
+
+    /// Waits for the next signal and returns its name.
+    pub async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
+}
