@@ -174,11 +174,16 @@ pub struct RunOptions {
 pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     require_root()?;
     let mut signals = Signals::new()?;
-    let pins = PinDir::create(&options.pin_dir)?;
-    let mut engine = Engine::new(Some(pins), options.engine)?;
+    // Every sandbox is checked before anything is loaded or pinned.
+    let mut opened = Vec::with_capacity(options.sandboxes.len());
     for spec in &options.sandboxes {
         let cgroup = Cgroup::open(&spec.cgroup)?;
         let netns = spec.netns.as_deref().map(NetNs::open).transpose()?;
+        opened.push((spec, cgroup, netns));
+    }
+    let pins = PinDir::create(&options.pin_dir)?;
+    let mut engine = Engine::new(Some(pins), options.engine)?;
+    for (spec, cgroup, netns) in opened {
         let info = engine.add_sandbox(&cgroup, netns.as_ref(), &spec.ports)?;
         info!(
             sandbox = %info.id, cgroup = %cgroup.path().display(), cgroup_id = cgroup.id(),

@@ -59,7 +59,9 @@ impl PinDir {
         let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
             .map_err(|_| PinError::Locked { path: path.into() })?;
         let dir = PinDir { path: path.into(), _lock: lock };
-        dir.remove_stale()?;
+        for stale in dir.remove_pins()? {
+            tracing::warn!(pin = %stale.display(), "removed stale pin left by a previous gateway");
+        }
         Ok(dir)
     }
 
@@ -68,18 +70,20 @@ impl PinDir {
         &self.path
     }
 
-    fn remove_stale(&self) -> Result<(), PinError> {
+    /// Removes every pin in the directory (not the directory), returning what was removed.
+    fn remove_pins(&self) -> Result<Vec<PathBuf>, PinError> {
+        let mut removed = Vec::new();
         for dir in [self.path.join("links"), self.path.clone()] {
             let entries = fs::read_dir(&dir).map_err(|source| PinError::Io { op: "list", path: dir.clone(), source })?;
             for entry in entries.flatten() {
                 let path = entry.path();
-                if path.is_file() || !path.is_dir() {
-                    tracing::warn!(pin = %path.display(), "removing stale pin left by a previous gateway");
-                    fs::remove_file(&path).map_err(|source| PinError::Io { op: "remove", path, source })?;
+                if !path.is_dir() {
+                    fs::remove_file(&path).map_err(|source| PinError::Io { op: "remove", path: path.clone(), source })?;
+                    removed.push(path);
                 }
             }
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// Pins `map` as `<dir>/<lower-case name>`.
@@ -98,7 +102,9 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = self.remove_stale();
+        if let Err(err) = self.remove_pins() {
+            tracing::error!(error = %err, "failed to remove pins");
+        }
         let _ = fs::remove_dir(self.path.join("links"));
         let _ = fs::remove_dir(&self.path);
     }

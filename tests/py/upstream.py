@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""Test upstream: an HTTPS server that tells each client who answered and who it saw.
+
+GET /            -> JSON {"name", "peer", "local", "alpn"}
+GET /bytes/N     -> N pseudo-random bytes (deterministic, for hash checks)
+POST /sha256     -> JSON {"sha256", "length"} of the request body
+
+Prints "READY" on stdout once every listener is bound. Runs until killed.
+"""
+import argparse
+import hashlib
+import http.server
+import json
+import random
+import socket
+import ssl
+import sys
+import threading
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_name_label = "upstream"
+
+    def log_message(self, fmt, *args):  # keep stdout for READY and connection records
+        pass
+
+    def _send(self, status, body, content_type="application/json"):
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path.startswith("/bytes/"):
+            n = int(self.path.split("/")[2])
+            rng = random.Random(n)
+            self._send(200, rng.randbytes(n), "application/octet-stream")
+            return
+        peer = self.client_address
+        local = self.connection.getsockname()
+        alpn = self.connection.selected_alpn_protocol() if hasattr(self.connection, "selected_alpn_protocol") else None
+        body = json.dumps({
+            "name": self.server_name_label,
+            "peer": fmt_addr(peer),
+            "local": fmt_addr(local),
+            "alpn": alpn,
+        }).encode() + b"\n"
+        self._send(200, body)
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        digest = hashlib.sha256()
+        remaining = length
+        while remaining:
+            chunk = self.rfile.read(min(remaining, 65536))
+            if not chunk:
+                break
+            digest.update(chunk)
+            remaining -= len(chunk)
+        self._send(200, json.dumps({"sha256": digest.hexdigest(), "length": length - remaining}).encode() + b"\n")
+
+
+def fmt_addr(addr):
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+
+def serve(listen, context, name):
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    handler = type("H", (Handler,), {"server_name_label": name})
+    server_cls = type("S", (Server,), {"address_family": family})
+    server = server_cls((host, int(port)), handler)
+    if context is not None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    parser.add_argument("--listen", action="append", required=True, help="ADDR:PORT, repeatable")
+    parser.add_argument("--plain", action="append", default=[], help="ADDR:PORT served without TLS")
+    args = parser.parse_args()
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(args.cert, args.key)
+    context.set_alpn_protocols(["http/1.1"])
+    threads = [serve(listen, context, args.name) for listen in args.listen]
+    threads += [serve(listen, None, args.name) for listen in args.plain]
+    print("READY", flush=True)
+    for thread in threads:
+        thread.join()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

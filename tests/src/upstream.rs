@@ -1,0 +1,56 @@
+//! Upstream HTTPS servers (tests/py/upstream.py) running inside a test host's namespace.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{net::NetNs, pki::CertFiles, py_script};
+
+/// A running upstream server, killed (by PID) on drop.
+#[derive(Debug)]
+pub struct Upstream {
+    child: Child,
+}
+
+impl Upstream {
+    /// Starts a server named `name` in `ns`, serving TLS on each `listen` (`ADDR:PORT`, IPv6 in
+    /// brackets) and plain HTTP on each `plain`, and waits until it is listening.
+    pub fn start(ns: &NetNs, name: &str, cert: &CertFiles, listen: &[String], plain: &[String]) -> anyhow::Result<Self> {
+        let mut command = ns.exec("python3", [py_script("upstream.py")]);
+        command.args(["--name", name]).arg("--cert").arg(&cert.cert).arg("--key").arg(&cert.key);
+        for addr in listen {
+            command.args(["--listen", addr]);
+        }
+        for addr in plain {
+            command.args(["--plain", addr]);
+        }
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("starting upstream.py")?;
+        let stdout = child.stdout.take().context("upstream stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next().and_then(Result::ok));
+            for _ in lines {}
+        });
+        let mut upstream = Upstream { child };
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(Some(line)) if line == "READY" => Ok(upstream),
+            other => {
+                let status = upstream.child.try_wait().ok().flatten();
+                bail!("upstream {name} did not start (got {other:?}, exit status {status:?})")
+            }
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

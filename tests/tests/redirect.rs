@@ -1,0 +1,241 @@
+//! `gateway run`: a sandbox cgroup's TCP/443 reaches the gateway, which relays it to where the
+//! sandbox meant to go. Real curl/python clients in real cgroups, real upstreams in a netns.
+
+use std::{net::IpAddr, process::Command, time::Duration};
+
+use gateway_common::Counter;
+use gateway_tests::{
+    cmd,
+    daemon::Daemon,
+    net::{NetNs, UpstreamHost},
+    pki::TestPki,
+    py_script, require_root,
+    sandbox::{SandboxCgroup, stdout_ok},
+    upstream::Upstream,
+};
+use serde_json::Value;
+
+/// An upstream host serving HTTPS as `name` on 443 (IPv4 and IPv6) and plain HTTP on 8443.
+struct Site {
+    name: String,
+    host: UpstreamHost,
+    _server: Upstream,
+}
+
+impl Site {
+    fn start(pki: &TestPki, name: &str) -> Site {
+        let host = UpstreamHost::new().expect("create upstream host");
+        let cert = pki.issue(name, &[name], &[host.v4.into(), host.v6.into()]).expect("issue upstream cert");
+        let listen = [format!("{}:443", host.v4), format!("[{}]:443", host.v6)];
+        let plain = [format!("{}:8443", host.v4)];
+        let server = Upstream::start(&host.ns, name, &cert, &listen, &plain).expect("start upstream");
+        Site { name: name.into(), host, _server: server }
+    }
+
+    fn socket(&self, v6: bool, port: u16) -> String {
+        match self.host.addr(v6) {
+            IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+            ip => format!("{ip}:{port}"),
+        }
+    }
+}
+
+/// curl https://<site>/ resolved to the site's address of the given family.
+fn curl(pki: &TestPki, site: &Site, v6: bool) -> Command {
+    let ip = match site.host.addr(v6) {
+        IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    let mut command = cmd("curl", ["-sS", "--fail", "--max-time", "15", "--cacert"]);
+    command.arg(pki.ca_file());
+    command.args(["--resolve", &format!("{}:443:{ip}", site.name), &format!("https://{}/", site.name)]);
+    command
+}
+
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn sandbox_spec(cgroup: &SandboxCgroup, netns: Option<&NetNs>) -> String {
+    let mut spec = cgroup.path().display().to_string();
+    if let Some(ns) = netns {
+        spec.push_str(&format!(",netns={}", ns.path().display()));
+    }
+    spec
+}
+
+/// Waits for the daemon's log line of the relayed connection to `orig_dst`.
+fn relayed_line(daemon: &mut Daemon, orig_dst: &str) -> Value {
+    daemon
+        .wait_for(&format!("a relayed connection to {orig_dst}"), Duration::from_secs(10), |v| {
+            v["message"] == "connection closed" && v["orig_dst"] == orig_dst
+        })
+        .expect("relay log line")
+}
+
+fn sandbox_curl_goes_through_gateway(v6: bool) {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let site = Site::start(&pki, "up-a.test");
+    let cgroup = SandboxCgroup::new().unwrap();
+    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
+
+    let body = json(&stdout_ok(&cgroup.output(None, &mut curl(&pki, &site, v6)).unwrap()).unwrap());
+    assert_eq!(body["name"], "up-a.test");
+    let peer = body["peer"].as_str().unwrap().to_string();
+    let host_side = site.host.host_addr(v6).to_string();
+    assert!(peer.contains(&host_side), "upstream saw {peer}, expected the host side of the veth {host_side}");
+
+    // The connection the upstream saw is the one the gateway dialled for this sandbox.
+    let line = relayed_line(&mut daemon, &site.socket(v6, 443));
+    assert_eq!(line["upstream_local"].as_str(), Some(peer.as_str()), "{line}");
+    assert_eq!(line["outcome"], "ok");
+    assert!(line["bytes_down"].as_u64().unwrap() > 0);
+
+    let redirected = if v6 { Counter::RedirectedV6 } else { Counter::RedirectedV4 };
+    assert_eq!(daemon.counter(redirected as u32).unwrap(), 1);
+    assert_eq!(daemon.counter(Counter::Established as u32).unwrap(), 1);
+    assert_eq!(daemon.counter(Counter::MapErrors as u32).unwrap(), 0);
+}
+
+#[test]
+fn sandbox_curl_v4_goes_through_gateway() {
+    sandbox_curl_goes_through_gateway(false);
+}
+
+#[test]
+fn sandbox_curl_v6_goes_through_gateway() {
+    sandbox_curl_goes_through_gateway(true);
+}
+
+#[test]
+fn parallel_connections_reach_their_own_destinations() {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let a = Site::start(&pki, "up-a.test");
+    let b = Site::start(&pki, "up-b.test");
+    let cgroup = SandboxCgroup::new().unwrap();
+    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
+
+    let mut client = cmd("python3", [py_script("client.py")]);
+    client.args(["parallel", "--count", "50", "--cafile"]).arg(pki.ca_file());
+    for site in [&a, &b] {
+        client.args(["--target", &format!("{}={}", site.name, site.socket(false, 443))]);
+    }
+    let results = json(&stdout_ok(&cgroup.output(None, &mut client).unwrap()).unwrap());
+    let results = results.as_array().unwrap();
+    assert_eq!(results.len(), 50);
+    for result in results {
+        assert!(result.get("error").is_none(), "request failed: {result}");
+        assert_eq!(result["answered_by"], result["target"], "answered by the wrong upstream: {result}");
+    }
+    assert_eq!(results.iter().filter(|r| r["answered_by"] == "up-a.test").count(), 25);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while daemon.messages("connection closed").len() < 50 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let closed = daemon.messages("connection closed");
+    assert_eq!(closed.len(), 50);
+    for site in [&a, &b] {
+        let to_site = closed.iter().filter(|v| v["orig_dst"] == site.socket(false, 443).as_str()).count();
+        assert_eq!(to_site, 25, "relays to {}", site.name);
+    }
+    assert_eq!(daemon.counter(Counter::RedirectedV4 as u32).unwrap(), 50);
+}
+
+#[test]
+fn outside_processes_and_other_ports_are_untouched() {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let site = Site::start(&pki, "up-a.test");
+    let cgroup = SandboxCgroup::new().unwrap();
+    let daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
+
+    // Not in the cgroup: reaches the upstream directly.
+    let body = json(&stdout_ok(&curl(&pki, &site, false).output().unwrap()).unwrap());
+    assert_eq!(body["name"], "up-a.test");
+
+    // In the cgroup, to a port that is not intercepted.
+    let url = format!("http://{}/", site.socket(false, 8443));
+    let mut plain = cmd("curl", ["-sS", "--fail", "--max-time", "15", &url]);
+    let body = json(&stdout_ok(&cgroup.output(None, &mut plain).unwrap()).unwrap());
+    assert_eq!(body["name"], "up-a.test");
+
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(daemon.messages("connection closed").is_empty(), "{:#?}", daemon.logs());
+    assert!(daemon.messages("connection failed").is_empty(), "{:#?}", daemon.logs());
+    assert_eq!(daemon.counter(Counter::RedirectedV4 as u32).unwrap(), 0);
+    assert_eq!(daemon.counter(Counter::Established as u32).unwrap(), 0);
+}
+
+#[test]
+fn sandbox_with_only_loopback_reaches_upstream_through_gateway() {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let site = Site::start(&pki, "up-a.test");
+    let cgroup = SandboxCgroup::new().unwrap();
+    let netns = NetNs::new("gws").unwrap();
+
+    // Without the gateway the sandbox's namespace has no route anywhere.
+    let direct = cgroup.output(Some(&netns), &mut curl(&pki, &site, false)).unwrap();
+    assert!(!direct.status.success(), "reached upstream without the gateway");
+
+    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, Some(&netns))]).unwrap();
+    for v6 in [false, true] {
+        let body = json(&stdout_ok(&cgroup.output(Some(&netns), &mut curl(&pki, &site, v6)).unwrap()).unwrap());
+        assert_eq!(body["name"], "up-a.test");
+        assert!(body["peer"].as_str().unwrap().contains(&site.host.host_addr(v6).to_string()));
+        relayed_line(&mut daemon, &site.socket(v6, 443));
+    }
+}
+
+#[test]
+fn dialling_the_listener_directly_is_refused() {
+    require_root().unwrap();
+    let cgroup = SandboxCgroup::new().unwrap();
+    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
+    let port = daemon.listener_port(1).unwrap();
+
+    let mut client = cmd("python3", [py_script("client.py")]);
+    client.args(["connect", "127.0.0.1", &port.to_string()]);
+    let result = json(&stdout_ok(&cgroup.output(None, &mut client).unwrap()).unwrap());
+    assert_eq!(result["received"], "", "the listener answered a direct dial: {result}");
+
+    let line = daemon
+        .wait_for("a refused connection", Duration::from_secs(10), |v| v["message"] == "connection failed")
+        .unwrap();
+    assert!(line["error"].as_str().unwrap().contains("not redirected"), "{line}");
+}
+
+#[test]
+fn sandbox_traffic_fails_closed_when_the_daemon_dies() {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let site = Site::start(&pki, "up-a.test");
+    let cgroup = SandboxCgroup::new().unwrap();
+    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
+    stdout_ok(&cgroup.output(None, &mut curl(&pki, &site, false)).unwrap()).unwrap();
+
+    daemon.crash().unwrap();
+    assert!(daemon.pin_dir().join("links").read_dir().unwrap().count() == 3, "links must stay pinned");
+    let after = cgroup.output(None, &mut curl(&pki, &site, false)).unwrap();
+    assert!(!after.status.success(), "sandbox reached upstream with the daemon dead: {after:?}");
+    // curl exit 7: could not connect (the redirect still applies, nobody listens).
+    assert_eq!(after.status.code(), Some(7), "{after:?}");
+}
+
+#[test]
+fn clean_stop_detaches_and_unpins() {
+    require_root().unwrap();
+    let cgroup = SandboxCgroup::new().unwrap();
+    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
+    let tree = stdout_ok(&cmd("bpftool", ["cgroup", "show"]).arg(cgroup.path()).output().unwrap()).unwrap();
+    for program in ["gateway_connect4", "gateway_connect6", "gateway_sock_ops"] {
+        assert!(tree.contains(program), "{program} not attached: {tree}");
+    }
+    assert!(daemon.stop().unwrap().success());
+    assert!(!daemon.pin_dir().exists(), "pins left behind");
+    let tree = stdout_ok(&cmd("bpftool", ["cgroup", "show"]).arg(cgroup.path()).output().unwrap()).unwrap();
+    assert!(!tree.contains("gateway_"), "programs left attached: {tree}");
+}
