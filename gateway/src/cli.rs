@@ -42,6 +42,9 @@ pub struct EngineArgs {
     /// Give up connecting to an upstream after this long (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// On shutdown, how long open connections may finish before they are closed.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 /// `gateway run`.

@@ -8,6 +8,7 @@ use std::{
 };
 
 use tokio::task::JoinSet;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
@@ -59,6 +60,8 @@ pub fn require_root() -> Result<(), DaemonError> {
 pub struct EngineOptions {
     /// How long an upstream connect may take.
     pub connect_timeout: Duration,
+    /// How long shutdown waits for open connections before closing them.
+    pub drain_timeout: Duration,
 }
 
 /// A sandbox being served.
@@ -75,7 +78,9 @@ pub struct Engine {
     programs: Programs,
     options: EngineOptions,
     served: Vec<Served>,
-    tasks: JoinSet<()>,
+    accept_loops: JoinSet<()>,
+    connections: TaskTracker,
+    cancel: CancellationToken,
 }
 
 /// What [`Engine::add_sandbox`] set up, for logs and callers.
@@ -90,7 +95,14 @@ pub struct SandboxInfo {
 impl Engine {
     /// Loads the programs, pinning state in `pins` when given.
     pub fn new(pins: Option<PinDir>, options: EngineOptions) -> Result<Self, DaemonError> {
-        Ok(Engine { programs: Programs::load(pins)?, options, served: Vec::new(), tasks: JoinSet::new() })
+        Ok(Engine {
+            programs: Programs::load(pins)?,
+            options,
+            served: Vec::new(),
+            accept_loops: JoinSet::new(),
+            connections: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        })
     }
 
     /// Starts redirecting `cgroup`'s connections to `ports` through a new listener. Must be
@@ -114,10 +126,12 @@ impl Engine {
             id,
             orig_dst: self.programs.orig_dst(),
             connect_timeout: self.options.connect_timeout,
+            connections: self.connections.clone(),
+            cancel: self.cancel.clone(),
         });
         let mut handles = Vec::new();
         for listener in listeners {
-            handles.push(self.tasks.spawn(listener::serve(listener, Arc::clone(&ctx))));
+            handles.push(self.accept_loops.spawn(listener::serve(listener, Arc::clone(&ctx))));
         }
         match self.programs.attach(cgroup, id, listener_port, ports) {
             Ok(attachment) => {
@@ -137,8 +151,9 @@ impl Engine {
         Ok(self.programs.counters()?)
     }
 
-    /// Detaches every sandbox, stops the listeners and removes the pins.
-    pub async fn shutdown(mut self) {
+    /// Detaches every sandbox and stops accepting; lets open connections finish for up to
+    /// `drain` and then closes them (each logs its line); removes the pins.
+    pub async fn shutdown(mut self, drain: Duration) {
         for served in self.served.drain(..) {
             let Served { id, cgroup_id, attachment } = served;
             drop(attachment);
@@ -146,7 +161,13 @@ impl Engine {
                 warn!(sandbox = %id, error = %err, "failed to forget sandbox");
             }
         }
-        self.tasks.shutdown().await;
+        self.accept_loops.shutdown().await;
+        self.connections.close();
+        if tokio::time::timeout(drain, self.connections.wait()).await.is_err() {
+            warn!(open = self.connections.len(), ?drain, "closing connections still open after the drain time");
+            self.cancel.cancel();
+            self.connections.wait().await;
+        }
     }
 }
 
@@ -196,7 +217,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     let signal = signals.recv().await;
     let counters = engine.counters().map(|c| format!("{c:?}")).unwrap_or_else(|e| e.to_string());
     info!(signal, counters, "shutting down");
-    engine.shutdown().await;
+    engine.shutdown(options.engine.drain_timeout).await;
     Ok(())
 }
 

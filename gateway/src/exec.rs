@@ -64,7 +64,7 @@ pub async fn exec(options: ExecOptions) -> Result<i32, ExecError> {
     let status = run_child(&options.command, &cgroup, netns.as_ref(), &mut signals).await;
     let counters = engine.counters().map(|c| format!("{c:?}")).unwrap_or_else(|e| e.to_string());
     info!(counters, "sandbox done");
-    engine.shutdown().await;
+    engine.shutdown(options.engine.drain_timeout).await;
     cgroup.remove()?;
     drop(netns);
     status

@@ -26,7 +26,7 @@ fn main() -> ExitCode {
 }
 
 fn engine(args: &EngineArgs) -> EngineOptions {
-    EngineOptions { connect_timeout: args.connect_timeout }
+    EngineOptions { connect_timeout: args.connect_timeout, drain_timeout: args.drain_timeout }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -10,6 +10,7 @@ use std::{
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
@@ -56,6 +57,9 @@ pub enum ConnError {
     /// The upstream did not accept in time.
     #[error("connecting to {dst}: no answer within {timeout:?}")]
     ConnectTimeout { dst: OrigDst, timeout: Duration },
+    /// The gateway stopped before the connection ended.
+    #[error("gateway shutting down; connection closed")]
+    Shutdown,
     /// The relay failed midway.
     #[error(transparent)]
     Relay(#[from] RelayError),
@@ -121,6 +125,10 @@ pub struct SandboxContext {
     pub orig_dst: OrigDstTable,
     /// How long an upstream connect may take.
     pub connect_timeout: Duration,
+    /// Tracks connection tasks, so shutdown can let them finish.
+    pub connections: TaskTracker,
+    /// Cancelled when the gateway stops waiting for connections to finish.
+    pub cancel: CancellationToken,
 }
 
 impl BoundListener {
@@ -139,8 +147,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<SandboxContext>) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let ctx = Arc::clone(&ctx);
-                tokio::spawn(async move { handle(stream, ClientAddr(peer), &ctx).await });
+                let conn_ctx = Arc::clone(&ctx);
+                ctx.connections.spawn(async move { handle(stream, ClientAddr(peer), &conn_ctx).await });
             }
             Err(err) => {
                 // Typically EMFILE: back off rather than spin.
@@ -155,7 +163,10 @@ pub async fn serve(listener: TcpListener, ctx: Arc<SandboxContext>) {
 async fn handle(stream: TcpStream, client: ClientAddr, ctx: &SandboxContext) {
     let start = Instant::now();
     let mut route = Route::default();
-    let result = try_handle(stream, client, ctx, &mut route).await;
+    let result = tokio::select! {
+        result = try_handle(stream, client, ctx, &mut route) => result,
+        () = ctx.cancel.cancelled() => Err(ConnError::Shutdown),
+    };
     let duration_ms = start.elapsed().as_millis() as u64;
     let orig_dst = route.orig_dst.map(|d| d.to_string()).unwrap_or_default();
     let upstream_local = route.upstream_local.map(|a| a.to_string()).unwrap_or_default();

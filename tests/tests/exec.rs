@@ -1,0 +1,146 @@
+//! `gateway exec`: the zero-config entry point runs a real command in a transient sandbox,
+//! relays its HTTPS, returns its exit code and leaves nothing behind.
+
+use std::{net::IpAddr, path::PathBuf, process::Output};
+
+use gateway::sandbox::cgroup::cgroup2_mount;
+use gateway_tests::{
+    cmd, gateway_bin,
+    net::UpstreamHost,
+    pki::TestPki,
+    require_root,
+    sandbox::stdout_ok,
+    upstream::Upstream,
+};
+use serde_json::Value;
+
+struct Site {
+    host: UpstreamHost,
+    _server: Upstream,
+}
+
+fn site(pki: &TestPki) -> Site {
+    let host = UpstreamHost::new().unwrap();
+    let cert = pki.issue("exec", &["exec.test"], &[]).unwrap();
+    let server = Upstream::start(&host.ns, "exec.test", &cert, &[format!("{}:443", host.v4)], &[]).unwrap();
+    Site { host, _server: server }
+}
+
+/// Runs `gateway exec [extra] -- argv...` and returns its output and the pid it ran as.
+fn gateway_exec(extra: &[&str], argv: &[&str]) -> (Output, u32) {
+    let mut command = cmd(gateway_bin().unwrap().to_str().unwrap(), ["exec"]);
+    command.args(extra).arg("--").args(argv);
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    (child.wait_with_output().unwrap(), pid)
+}
+
+fn curl_args(pki: &TestPki, ip: IpAddr) -> Vec<String> {
+    vec![
+        "curl".into(),
+        "-sS".into(),
+        "--fail".into(),
+        "--max-time".into(),
+        "15".into(),
+        "--cacert".into(),
+        pki.ca_file().display().to_string(),
+        "--resolve".into(),
+        format!("exec.test:443:{ip}"),
+        "https://exec.test/".into(),
+    ]
+}
+
+fn bpffs_entries() -> Vec<PathBuf> {
+    let mut entries: Vec<_> = std::fs::read_dir("/sys/fs/bpf").unwrap().map(|e| e.unwrap().path()).collect();
+    entries.sort();
+    entries
+}
+
+fn assert_nothing_left(pid: u32, bpffs_before: &[PathBuf]) {
+    let cgroup = cgroup2_mount().unwrap().join(format!("gateway-exec-{pid}"));
+    assert!(!cgroup.exists(), "transient cgroup {} left behind", cgroup.display());
+    assert_eq!(bpffs_entries(), bpffs_before, "pins left behind");
+    let tree = stdout_ok(&cmd("bpftool", ["cgroup", "tree"]).output().unwrap()).unwrap();
+    assert!(!tree.contains(&format!("gateway-exec-{pid}")), "{tree}");
+}
+
+#[test]
+fn exec_relays_curl_and_cleans_up() {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let site = site(&pki);
+    let before = bpffs_entries();
+
+    let args = curl_args(&pki, site.host.v4.into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (output, pid) = gateway_exec(&[], &argv);
+    let body: Value = serde_json::from_str(&stdout_ok(&output).unwrap()).unwrap();
+    assert_eq!(body["name"], "exec.test");
+    assert!(body["peer"].as_str().unwrap().starts_with(&site.host.host_v4.to_string()));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("connection closed") && log.contains(&format!("{}:443", site.host.v4)), "{log}");
+
+    assert_nothing_left(pid, &before);
+}
+
+#[test]
+fn exec_with_new_netns_still_reaches_upstream() {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let site = site(&pki);
+    let before = bpffs_entries();
+
+    // The command sees only loopback...
+    let (output, _) = gateway_exec(&["--netns", "new"], &["ip", "-o", "link"]);
+    let links = stdout_ok(&output).unwrap();
+    assert_eq!(links.lines().count(), 1, "{links}");
+    assert!(links.contains("lo:"), "{links}");
+
+    // ...and still reaches the upstream, through the gateway.
+    let args = curl_args(&pki, site.host.v4.into());
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (output, pid) = gateway_exec(&["--netns", "new"], &argv);
+    let body: Value = serde_json::from_str(&stdout_ok(&output).unwrap()).unwrap();
+    assert_eq!(body["name"], "exec.test");
+    assert_nothing_left(pid, &before);
+}
+
+#[test]
+fn exec_returns_the_exit_code_and_kills_leftover_processes() {
+    require_root().unwrap();
+    let before = bpffs_entries();
+    // A background process that would outlive the command must not outlive the sandbox.
+    let (output, pid) = gateway_exec(&[], &["sh", "-c", "sleep 600 & echo $!; exit 7"]);
+    assert_eq!(output.status.code(), Some(7), "{output:?}");
+    let sleeper: u32 = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
+    assert!(!is_alive(sleeper), "background process {sleeper} survived");
+    assert_nothing_left(pid, &before);
+}
+
+/// Whether `pid` runs; a zombie awaiting its reaper counts as dead. Polls briefly, because the
+/// kill is asynchronous.
+fn is_alive(pid: u32) -> bool {
+    for _ in 0..100 {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Err(_) => return false,
+            Ok(stat) if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) => return false,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+    true
+}
+
+#[test]
+fn exec_reports_a_missing_program() {
+    require_root().unwrap();
+    let before = bpffs_entries();
+    let (output, pid) = gateway_exec(&[], &["/nonexistent/program"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("/nonexistent/program") && stderr.contains("No such file"), "{stderr}");
+    assert_nothing_left(pid, &before);
+}
