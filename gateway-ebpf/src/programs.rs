@@ -8,9 +8,7 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray},
     programs::{SockAddrContext, SockOpsContext},
 };
-use gateway_common::{
-    ClientKey, Counter, OrigDstEntry, SandboxConf, is_v4_mapped, v4_mapped,
-};
+use gateway_common::{ClientKey, Counter, OrigDstEntry, SandboxConf, is_v4_mapped, v4_mapped};
 
 /// Reads a context field with a volatile load of exactly its width. Plain reads let LLVM merge
 /// loads of different fields into one with a computed offset, which the verifier rejects

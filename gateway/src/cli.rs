@@ -52,7 +52,11 @@ pub struct EngineArgs {
 pub struct RunArgs {
     /// A sandbox: its cgroup v2 directory (absolute, or relative to the cgroup2 mount), optionally
     /// its network namespace file and its intercepted ports (default 443). Repeatable.
-    #[arg(long = "sandbox", value_name = "CGROUP[,netns=PATH][,port=N]...", required = true)]
+    #[arg(
+        long = "sandbox",
+        value_name = "CGROUP[,netns=PATH][,port=N]...",
+        required = true
+    )]
     pub sandboxes: Vec<SandboxSpec>,
     /// bpffs directory where maps and links are pinned.
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -73,7 +77,12 @@ pub struct ExecArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
     /// The command to run and its arguments.
-    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "CMD")]
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
     pub command: Vec<OsString>,
 }
 
@@ -86,9 +95,13 @@ pub enum NetnsMode {
 
 /// Parses `250ms`, `10s`, `2m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration like 10s or 500ms"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 10s or 500ms"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
         "s" | "" => Ok(Duration::from_secs(number)),
@@ -112,10 +125,25 @@ mod tests {
 
     #[test]
     fn exec_takes_the_rest_as_the_command() {
-        let cli = Cli::try_parse_from(["gateway", "exec", "--netns", "new", "--", "curl", "-k", "https://x"]).unwrap();
-        let Command::Exec(args) = cli.command else { panic!("not exec") };
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "exec",
+            "--netns",
+            "new",
+            "--",
+            "curl",
+            "-k",
+            "https://x",
+        ])
+        .unwrap();
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec")
+        };
         assert_eq!(args.netns, Some(NetnsMode::New));
-        assert_eq!(args.command, ["curl", "-k", "https://x"].map(OsString::from));
+        assert_eq!(
+            args.command,
+            ["curl", "-k", "https://x"].map(OsString::from)
+        );
     }
 
     #[test]

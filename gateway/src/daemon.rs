@@ -25,7 +25,9 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     /// The gateway needs root for eBPF, cgroups and namespaces.
-    #[error("gateway must run as root (it loads eBPF programs, attaches them to cgroups and enters network namespaces)")]
+    #[error(
+        "gateway must run as root (it loads eBPF programs, attaches them to cgroups and enters network namespaces)"
+    )]
     NotRoot,
     /// A sandbox's cgroup could not be used.
     #[error(transparent)]
@@ -41,18 +43,32 @@ pub enum DaemonError {
     Pin(#[from] crate::ebpf::pins::PinError),
     /// A sandbox's listener could not be opened.
     #[error("sandbox {sandbox} (cgroup {cgroup}): {source}")]
-    Listen { sandbox: SandboxId, cgroup: PathBuf, #[source] source: ListenError },
+    Listen {
+        sandbox: SandboxId,
+        cgroup: PathBuf,
+        #[source]
+        source: ListenError,
+    },
     /// The gateway process itself is inside a sandbox cgroup, so its upstream dials would loop.
-    #[error("the gateway runs inside sandbox cgroup {cgroup} (its own cgroup is {own}); run it outside every sandbox")]
+    #[error(
+        "the gateway runs inside sandbox cgroup {cgroup} (its own cgroup is {own}); run it outside every sandbox"
+    )]
     InsideSandbox { cgroup: PathBuf, own: PathBuf },
     /// Waiting for signals failed.
     #[error("installing signal handlers: {source}")]
-    Signals { #[source] source: std::io::Error },
+    Signals {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Fails unless the effective user is root.
 pub fn require_root() -> Result<(), DaemonError> {
-    if nix::unistd::geteuid().is_root() { Ok(()) } else { Err(DaemonError::NotRoot) }
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(DaemonError::NotRoot)
+    }
 }
 
 /// Tunables shared by every sandbox.
@@ -115,11 +131,19 @@ impl Engine {
     ) -> Result<SandboxInfo, DaemonError> {
         refuse_own_cgroup(cgroup.path())?;
         let id = SandboxId(self.served.len() as u32 + 1);
-        let listen_err = |source| DaemonError::Listen { sandbox: id, cgroup: cgroup.path().into(), source };
+        let listen_err = |source| DaemonError::Listen {
+            sandbox: id,
+            cgroup: cgroup.path().into(),
+            source,
+        };
         let bound = listener::bind(netns).map_err(listen_err)?;
         let listener_port = bound.port;
         let listeners = bound.into_tokio().map_err(|source| {
-            listen_err(ListenError::Bind { op: "register", addr: ([127, 0, 0, 1], listener_port).into(), source })
+            listen_err(ListenError::Bind {
+                op: "register",
+                addr: ([127, 0, 0, 1], listener_port).into(),
+                source,
+            })
         })?;
         // Listeners accept before the programs redirect anything, so no connect is lost.
         let ctx = Arc::new(SandboxContext {
@@ -131,11 +155,18 @@ impl Engine {
         });
         let mut handles = Vec::new();
         for listener in listeners {
-            handles.push(self.accept_loops.spawn(listener::serve(listener, Arc::clone(&ctx))));
+            handles.push(
+                self.accept_loops
+                    .spawn(listener::serve(listener, Arc::clone(&ctx))),
+            );
         }
         match self.programs.attach(cgroup, id, listener_port, ports) {
             Ok(attachment) => {
-                self.served.push(Served { id, cgroup_id: cgroup.id(), attachment });
+                self.served.push(Served {
+                    id,
+                    cgroup_id: cgroup.id(),
+                    attachment,
+                });
                 Ok(SandboxInfo { id, listener_port })
             }
             Err(err) => {
@@ -146,16 +177,24 @@ impl Engine {
         }
     }
 
-    /// Current eBPF counters by name.
-    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, DaemonError> {
-        Ok(self.programs.counters()?)
+    /// Current eBPF counters, as `name=value` pairs for a log line.
+    pub fn counters(&self) -> String {
+        match self.programs.counters() {
+            Ok(counters) => format_counters(&counters),
+            Err(err) => format!("unavailable: {err}"),
+        }
     }
 
     /// Detaches every sandbox and stops accepting; lets open connections finish for up to
-    /// `drain` and then closes them (each logs its line); removes the pins.
-    pub async fn shutdown(mut self, drain: Duration) {
+    /// `drain` and then closes them (each logs its line); removes the pins. Returns the final
+    /// counters (see [`Engine::counters`]).
+    pub async fn shutdown(mut self, drain: Duration) -> String {
         for served in self.served.drain(..) {
-            let Served { id, cgroup_id, attachment } = served;
+            let Served {
+                id,
+                cgroup_id,
+                attachment,
+            } = served;
             drop(attachment);
             if let Err(err) = self.programs.forget(cgroup_id) {
                 warn!(sandbox = %id, error = %err, "failed to forget sandbox");
@@ -163,19 +202,38 @@ impl Engine {
         }
         self.accept_loops.shutdown().await;
         self.connections.close();
-        if tokio::time::timeout(drain, self.connections.wait()).await.is_err() {
-            warn!(open = self.connections.len(), ?drain, "closing connections still open after the drain time");
+        if tokio::time::timeout(drain, self.connections.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = self.connections.len(),
+                ?drain,
+                "closing connections still open after the drain time"
+            );
             self.cancel.cancel();
             self.connections.wait().await;
         }
+        self.counters()
     }
+}
+
+fn format_counters(counters: &BTreeMap<&'static str, u64>) -> String {
+    counters
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The gateway must not be in a cgroup it redirects.
 fn refuse_own_cgroup(sandbox: &Path) -> Result<(), DaemonError> {
     let own = crate::sandbox::cgroup::own_cgroup()?;
     if own.starts_with(sandbox) {
-        return Err(DaemonError::InsideSandbox { cgroup: sandbox.into(), own });
+        return Err(DaemonError::InsideSandbox {
+            cgroup: sandbox.into(),
+            own,
+        });
     }
     Ok(())
 }
@@ -215,9 +273,9 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     }
     info!(pin_dir = %options.pin_dir.display(), sandboxes = options.sandboxes.len(), "gateway ready");
     let signal = signals.recv().await;
-    let counters = engine.counters().map(|c| format!("{c:?}")).unwrap_or_else(|e| e.to_string());
-    info!(signal, counters, "shutting down");
-    engine.shutdown(options.engine.drain_timeout).await;
+    info!(signal, "shutting down");
+    let counters = engine.shutdown(options.engine.drain_timeout).await;
+    info!(counters, "gateway stopped");
     Ok(())
 }
 
@@ -232,8 +290,10 @@ impl Signals {
     /// Starts listening (must run inside the runtime).
     pub fn new() -> Result<Self, DaemonError> {
         use tokio::signal::unix::{SignalKind, signal};
-        let int = signal(SignalKind::interrupt()).map_err(|source| DaemonError::Signals { source })?;
-        let term = signal(SignalKind::terminate()).map_err(|source| DaemonError::Signals { source })?;
+        let int =
+            signal(SignalKind::interrupt()).map_err(|source| DaemonError::Signals { source })?;
+        let term =
+            signal(SignalKind::terminate()).map_err(|source| DaemonError::Signals { source })?;
         Ok(Signals { int, term })
     }
 

@@ -36,25 +36,51 @@ const SOCK_OPS: &str = "gateway_sock_ops";
 pub enum EbpfError {
     /// The embedded object could not be parsed or its maps created.
     #[error("loading the eBPF object: {source}")]
-    Object { #[source] source: aya::EbpfError },
+    Object {
+        #[source]
+        source: aya::EbpfError,
+    },
     /// A program the object must contain is missing or of the wrong type.
     #[error("the eBPF object has no usable program `{name}`")]
     MissingProgram { name: &'static str },
     /// A map the object must contain is missing or of the wrong type.
     #[error("the eBPF object has no usable map `{name}`: {source}")]
-    BadMap { name: &'static str, #[source] source: MapError },
+    BadMap {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
     /// The kernel rejected a program (the message carries the verifier log).
     #[error("the kernel rejected program `{name}`: {source}")]
-    Load { name: &'static str, #[source] source: ProgramError },
+    Load {
+        name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
     /// Attaching a program to a sandbox cgroup failed.
     #[error("attaching `{name}` to cgroup {cgroup}: {source}")]
-    Attach { name: &'static str, cgroup: PathBuf, #[source] source: ProgramError },
+    Attach {
+        name: &'static str,
+        cgroup: PathBuf,
+        #[source]
+        source: ProgramError,
+    },
     /// An attached program's link could not be taken over.
     #[error("taking the link of `{name}` on cgroup {cgroup}: {source}")]
-    Link { name: &'static str, cgroup: PathBuf, #[source] source: LinkError },
+    Link {
+        name: &'static str,
+        cgroup: PathBuf,
+        #[source]
+        source: LinkError,
+    },
     /// A map operation failed.
     #[error("{op} map {map}: {source}")]
-    Map { op: &'static str, map: &'static str, #[source] source: MapError },
+    Map {
+        op: &'static str,
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
     /// Pinning under bpffs failed.
     #[error(transparent)]
     Pin(#[from] pins::PinError),
@@ -71,39 +97,58 @@ pub struct Programs {
 
 impl fmt::Debug for Programs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Programs").field("pins", &self.pins).finish_non_exhaustive()
+        f.debug_struct("Programs")
+            .field("pins", &self.pins)
+            .finish_non_exhaustive()
     }
 }
 
 impl Programs {
     /// Loads and verifies the programs; with `pins`, pins every map there for operators.
     pub fn load(pins: Option<PinDir>) -> Result<Self, EbpfError> {
-        let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|source| EbpfError::Object { source })?;
+        let mut ebpf = EbpfLoader::new()
+            .load(OBJECT)
+            .map_err(|source| EbpfError::Object { source })?;
         for name in [CONNECT4, CONNECT6] {
             let program: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
-            program.load().map_err(|source| EbpfError::Load { name, source })?;
+            program
+                .load()
+                .map_err(|source| EbpfError::Load { name, source })?;
         }
         let sock_ops: &mut SockOps = program_mut(&mut ebpf, SOCK_OPS)?;
-        sock_ops.load().map_err(|source| EbpfError::Load { name: SOCK_OPS, source })?;
+        sock_ops.load().map_err(|source| EbpfError::Load {
+            name: SOCK_OPS,
+            source,
+        })?;
 
         let sandboxes = take_map(&mut ebpf, map_names::SANDBOXES, pins.as_ref())?;
         let orig_dst = take_map(&mut ebpf, map_names::ORIG_DST, pins.as_ref())?;
         let counters = take_map(&mut ebpf, map_names::COUNTERS, pins.as_ref())?;
         if let Some(pins) = &pins {
             // Not used by the daemon, pinned so operators can see connects in flight.
-            let map = ebpf.map(map_names::PENDING).ok_or(EbpfError::MissingProgram { name: map_names::PENDING })?;
+            let map = ebpf
+                .map(map_names::PENDING)
+                .ok_or(EbpfError::MissingProgram {
+                    name: map_names::PENDING,
+                })?;
             pins.pin_map(map_names::PENDING, map)?;
         }
         Ok(Programs {
             ebpf,
-            sandboxes: HashMap::try_from(sandboxes)
-                .map_err(|source| EbpfError::BadMap { name: map_names::SANDBOXES, source })?,
-            orig_dst: OrigDstTable(Arc::new(Mutex::new(
-                HashMap::try_from(orig_dst)
-                    .map_err(|source| EbpfError::BadMap { name: map_names::ORIG_DST, source })?,
-            ))),
-            counters: PerCpuArray::try_from(counters)
-                .map_err(|source| EbpfError::BadMap { name: map_names::COUNTERS, source })?,
+            sandboxes: HashMap::try_from(sandboxes).map_err(|source| EbpfError::BadMap {
+                name: map_names::SANDBOXES,
+                source,
+            })?,
+            orig_dst: OrigDstTable(Arc::new(Mutex::new(HashMap::try_from(orig_dst).map_err(
+                |source| EbpfError::BadMap {
+                    name: map_names::ORIG_DST,
+                    source,
+                },
+            )?))),
+            counters: PerCpuArray::try_from(counters).map_err(|source| EbpfError::BadMap {
+                name: map_names::COUNTERS,
+                source,
+            })?,
             pins,
         })
     }
@@ -120,12 +165,18 @@ impl Programs {
         let conf = sandbox_conf(id, listener_port, ports);
         self.sandboxes
             .insert(cgroup.id(), conf, 0)
-            .map_err(|source| EbpfError::Map { op: "insert into", map: map_names::SANDBOXES, source })?;
+            .map_err(|source| EbpfError::Map {
+                op: "insert into",
+                map: map_names::SANDBOXES,
+                source,
+            })?;
         let mut links = Vec::with_capacity(3);
         for name in [CONNECT4, CONNECT6, SOCK_OPS] {
             let link = self.attach_one(name, cgroup)?;
             let link = match &self.pins {
-                Some(pins) => AttachedLink::Pinned(pins.pin_link(&format!("sandbox{id}_{name}"), link)?),
+                Some(pins) => {
+                    AttachedLink::Pinned(pins.pin_link(&format!("sandbox{id}_{name}"), link)?)
+                }
                 None => AttachedLink::Fd(link),
             };
             links.push(link);
@@ -134,18 +185,34 @@ impl Programs {
     }
 
     fn attach_one(&mut self, name: &'static str, cgroup: &Cgroup) -> Result<FdLink, EbpfError> {
-        let attach_err = |source| EbpfError::Attach { name, cgroup: cgroup.path().into(), source };
-        let link_err = |source| EbpfError::Link { name, cgroup: cgroup.path().into(), source };
+        let attach_err = |source| EbpfError::Attach {
+            name,
+            cgroup: cgroup.path().into(),
+            source,
+        };
+        let link_err = |source| EbpfError::Link {
+            name,
+            cgroup: cgroup.path().into(),
+            source,
+        };
         // Links are always multi-attach in the kernel; asking for AllowMultiple is EINVAL.
         let mode = CgroupAttachMode::Single;
         let link: FdLink = if name == SOCK_OPS {
             let program: &mut SockOps = program_mut(&mut self.ebpf, name)?;
             let id = program.attach(cgroup.dir(), mode).map_err(attach_err)?;
-            program.take_link(id).map_err(attach_err)?.try_into().map_err(link_err)?
+            program
+                .take_link(id)
+                .map_err(attach_err)?
+                .try_into()
+                .map_err(link_err)?
         } else {
             let program: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
             let id = program.attach(cgroup.dir(), mode).map_err(attach_err)?;
-            program.take_link(id).map_err(attach_err)?.try_into().map_err(link_err)?
+            program
+                .take_link(id)
+                .map_err(attach_err)?
+                .try_into()
+                .map_err(link_err)?
         };
         Ok(link)
     }
@@ -154,7 +221,11 @@ impl Programs {
     pub fn forget(&mut self, cgroup_id: u64) -> Result<(), EbpfError> {
         match self.sandboxes.remove(&cgroup_id) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(EbpfError::Map { op: "remove from", map: map_names::SANDBOXES, source }),
+            Err(source) => Err(EbpfError::Map {
+                op: "remove from",
+                map: map_names::SANDBOXES,
+                source,
+            }),
         }
     }
 
@@ -168,10 +239,14 @@ impl Programs {
         Counter::ALL
             .iter()
             .map(|counter| {
-                let values = self
-                    .counters
-                    .get(&(*counter as u32), 0)
-                    .map_err(|source| EbpfError::Map { op: "read", map: map_names::COUNTERS, source })?;
+                let values =
+                    self.counters
+                        .get(&(*counter as u32), 0)
+                        .map_err(|source| EbpfError::Map {
+                            op: "read",
+                            map: map_names::COUNTERS,
+                            source,
+                        })?;
                 Ok((counter.name(), values.iter().sum()))
             })
             .collect()
@@ -184,7 +259,12 @@ impl Programs {
 }
 
 fn sandbox_conf(id: SandboxId, listener_port: u16, ports: &[u16]) -> SandboxConf {
-    let mut conf = SandboxConf { sandbox_id: id.0, listener_port, nports: 0, ports: [0; MAX_PORTS] };
+    let mut conf = SandboxConf {
+        sandbox_id: id.0,
+        listener_port,
+        nports: 0,
+        ports: [0; MAX_PORTS],
+    };
     for (slot, port) in conf.ports.iter_mut().zip(ports) {
         *slot = *port;
         conf.nports += 1;
@@ -229,12 +309,22 @@ impl OrigDstTable {
         let entry = match map.get(key, 0) {
             Ok(entry) => entry,
             Err(MapError::KeyNotFound) => return Ok(None),
-            Err(source) => return Err(EbpfError::Map { op: "look up in", map: map_names::ORIG_DST, source }),
+            Err(source) => {
+                return Err(EbpfError::Map {
+                    op: "look up in",
+                    map: map_names::ORIG_DST,
+                    source,
+                });
+            }
         };
         match map.remove(key) {
             // Gone meanwhile: only LRU eviction deletes entries besides us.
             Ok(()) | Err(MapError::KeyNotFound) => Ok(Some(entry)),
-            Err(source) => Err(EbpfError::Map { op: "delete from", map: map_names::ORIG_DST, source }),
+            Err(source) => Err(EbpfError::Map {
+                op: "delete from",
+                map: map_names::ORIG_DST,
+                source,
+            }),
         }
     }
 }
@@ -246,7 +336,10 @@ pub struct Attachment {
 }
 
 #[derive(Debug)]
-#[expect(dead_code, reason = "links are held only so that dropping them detaches the programs")]
+#[expect(
+    dead_code,
+    reason = "links are held only so that dropping them detaches the programs"
+)]
 enum AttachedLink {
     Fd(FdLink),
     Pinned(pins::PinnedLinkGuard),

@@ -23,10 +23,18 @@ pub enum ExecError {
     Setup(#[from] DaemonError),
     /// The command could not be started.
     #[error("starting {program:?}: {source}")]
-    Spawn { program: OsString, #[source] source: std::io::Error },
+    Spawn {
+        program: OsString,
+        #[source]
+        source: std::io::Error,
+    },
     /// Waiting for the command failed.
     #[error("waiting for {program:?}: {source}")]
-    Wait { program: OsString, #[source] source: std::io::Error },
+    Wait {
+        program: OsString,
+        #[source]
+        source: std::io::Error,
+    },
     /// Removing the transient cgroup failed.
     #[error("cleaning up: {0}")]
     Cleanup(#[from] CgroupError),
@@ -51,7 +59,11 @@ pub async fn exec(options: ExecOptions) -> Result<i32, ExecError> {
     let mut signals = Signals::new()?;
     let name = format!("gateway-exec-{}", std::process::id());
     let cgroup = TransientCgroup::create(&name).map_err(DaemonError::from)?;
-    let netns = options.new_netns.then(|| NetNs::new_isolated(&name)).transpose().map_err(DaemonError::from)?;
+    let netns = options
+        .new_netns
+        .then(|| NetNs::new_isolated(&name))
+        .transpose()
+        .map_err(DaemonError::from)?;
     let mut engine = Engine::new(None, options.engine)?;
     let sandbox = engine.add_sandbox(cgroup.cgroup(), netns.as_ref(), &options.ports)?;
     info!(
@@ -62,9 +74,8 @@ pub async fn exec(options: ExecOptions) -> Result<i32, ExecError> {
     );
 
     let status = run_child(&options.command, &cgroup, netns.as_ref(), &mut signals).await;
-    let counters = engine.counters().map(|c| format!("{c:?}")).unwrap_or_else(|e| e.to_string());
+    let counters = engine.shutdown(options.engine.drain_timeout).await;
     info!(counters, "sandbox done");
-    engine.shutdown(options.engine.drain_timeout).await;
     cgroup.remove()?;
     drop(netns);
     status
@@ -77,14 +88,19 @@ async fn run_child(
     signals: &mut Signals,
 ) -> Result<i32, ExecError> {
     let program = command.first().cloned().unwrap_or_default();
-    let confinement = Confinement::new(cgroup.cgroup(), netns).map_err(DaemonError::from)?.die_with_parent();
+    let confinement = Confinement::new(cgroup.cgroup(), netns)
+        .map_err(DaemonError::from)?
+        .die_with_parent();
     let mut std_command = Command::new(&program);
     std_command.args(&command[1..]);
     confinement.apply(&mut std_command);
     let mut child = tokio::process::Command::from(std_command)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| ExecError::Spawn { program: program.clone(), source })?;
+        .map_err(|source| ExecError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
     drop(confinement);
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
     let status = loop {
@@ -100,5 +116,7 @@ async fn run_child(
         }
     };
     use std::os::unix::process::ExitStatusExt;
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }

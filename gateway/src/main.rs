@@ -26,19 +26,31 @@ fn main() -> ExitCode {
 }
 
 fn engine(args: &EngineArgs) -> EngineOptions {
-    EngineOptions { connect_timeout: args.connect_timeout, drain_timeout: args.drain_timeout }
+    EngineOptions {
+        connect_timeout: args.connect_timeout,
+        drain_timeout: args.drain_timeout,
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| anyhow!("starting the async runtime: {e}"))?;
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| anyhow!("starting the async runtime: {e}"))?;
     match cli.command {
         Command::Run(args) => {
-            let options = RunOptions { sandboxes: args.sandboxes, pin_dir: args.pin_dir, engine: engine(&args.engine) };
+            let options = RunOptions {
+                sandboxes: args.sandboxes,
+                pin_dir: args.pin_dir,
+                engine: engine(&args.engine),
+            };
             runtime.block_on(daemon::run(options))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec(args) => {
-            let ports = if args.ports.is_empty() { DEFAULT_PORTS.to_vec() } else { args.ports };
+            let ports = if args.ports.is_empty() {
+                DEFAULT_PORTS.to_vec()
+            } else {
+                args.ports
+            };
             let options = ExecOptions {
                 new_netns: args.netns == Some(NetnsMode::New),
                 ports,

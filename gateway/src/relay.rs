@@ -39,12 +39,26 @@ pub async fn relay(client: TcpStream, upstream: TcpStream) -> Result<RelayStats,
     let (mut upstream_rx, mut upstream_tx) = upstream.into_split();
     let mut stats = RelayStats::default();
     let result = tokio::try_join!(
-        pump(&mut client_rx, &mut upstream_tx, &mut stats.bytes_up, "client->upstream"),
-        pump(&mut upstream_rx, &mut client_tx, &mut stats.bytes_down, "upstream->client"),
+        pump(
+            &mut client_rx,
+            &mut upstream_tx,
+            &mut stats.bytes_up,
+            "client->upstream"
+        ),
+        pump(
+            &mut upstream_rx,
+            &mut client_tx,
+            &mut stats.bytes_down,
+            "upstream->client"
+        ),
     );
     match result {
         Ok(_) => Ok(stats),
-        Err((direction, source)) => Err(RelayError { direction, stats, source }),
+        Err((direction, source)) => Err(RelayError {
+            direction,
+            stats,
+            source,
+        }),
     }
 }
 
@@ -103,6 +117,12 @@ mod tests {
         assert_eq!(got, body);
 
         let stats = relay.await.unwrap().unwrap();
-        assert_eq!(stats, RelayStats { bytes_up: 7, bytes_down: 100_000 });
+        assert_eq!(
+            stats,
+            RelayStats {
+                bytes_up: 7,
+                bytes_down: 100_000
+            }
+        );
     }
 }

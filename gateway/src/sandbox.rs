@@ -85,13 +85,19 @@ impl FromStr for SandboxSpec {
                         .parse::<u16>()
                         .ok()
                         .filter(|p| *p != 0)
-                        .ok_or_else(|| SpecError::BadPort { spec: spec.into(), value: value.into() })?;
+                        .ok_or_else(|| SpecError::BadPort {
+                            spec: spec.into(),
+                            value: value.into(),
+                        })?;
                     if !ports.contains(&port) {
                         ports.push(port);
                     }
                 }
                 _ => {
-                    return Err(SpecError::UnknownOption { spec: spec.into(), option: option.into() });
+                    return Err(SpecError::UnknownOption {
+                        spec: spec.into(),
+                        option: option.into(),
+                    });
                 }
             }
         }
@@ -101,7 +107,11 @@ impl FromStr for SandboxSpec {
         if ports.len() > MAX_PORTS {
             return Err(SpecError::TooManyPorts { spec: spec.into() });
         }
-        Ok(SandboxSpec { cgroup: PathBuf::from(cgroup), netns, ports })
+        Ok(SandboxSpec {
+            cgroup: PathBuf::from(cgroup),
+            netns,
+            ports,
+        })
     }
 }
 
@@ -118,13 +128,24 @@ pub struct Confinement {
 
 impl Confinement {
     /// Confine to `cgroup` (and `netns`, when given).
-    pub fn new(cgroup: &cgroup::Cgroup, netns: Option<&netns::NetNs>) -> Result<Self, cgroup::CgroupError> {
+    pub fn new(
+        cgroup: &cgroup::Cgroup,
+        netns: Option<&netns::NetNs>,
+    ) -> Result<Self, cgroup::CgroupError> {
         let procs = cgroup.procs_writer()?;
         let netns = netns
             .map(|ns| ns.try_clone_fd())
             .transpose()
-            .map_err(|source| cgroup::CgroupError::Io { op: "dup netns fd for", path: cgroup.path().into(), source })?;
-        Ok(Confinement { procs, netns, die_with_parent: false })
+            .map_err(|source| cgroup::CgroupError::Io {
+                op: "dup netns fd for",
+                path: cgroup.path().into(),
+                source,
+            })?;
+        Ok(Confinement {
+            procs,
+            netns,
+            die_with_parent: false,
+        })
     }
 
     /// Also kill the command when the spawning thread's process dies (PR_SET_PDEATHSIG).
@@ -156,10 +177,10 @@ impl Confinement {
                 if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
                     return Err(io::Error::last_os_error());
                 }
-                if let Some(fd) = netns {
-                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
+                if let Some(fd) = netns
+                    && libc::setns(fd, libc::CLONE_NEWNET) != 0
+                {
+                    return Err(io::Error::last_os_error());
                 }
                 Ok(())
             });
@@ -181,20 +202,46 @@ mod tests {
 
     #[test]
     fn parses_netns_and_ports() {
-        let spec: SandboxSpec = "sb1,netns=/run/netns/x,port=443,port=8443,port=443".parse().unwrap();
+        let spec: SandboxSpec = "sb1,netns=/run/netns/x,port=443,port=8443,port=443"
+            .parse()
+            .unwrap();
         assert_eq!(spec.netns, Some(PathBuf::from("/run/netns/x")));
         assert_eq!(spec.ports, vec![443, 8443]);
     }
 
     #[test]
     fn rejects_bad_specs_with_specific_errors() {
-        assert!(matches!("".parse::<SandboxSpec>(), Err(SpecError::EmptyCgroup { .. })));
-        assert!(matches!("a,color=red".parse::<SandboxSpec>(), Err(SpecError::UnknownOption { .. })));
-        assert!(matches!("a,port=0".parse::<SandboxSpec>(), Err(SpecError::BadPort { .. })));
-        assert!(matches!("a,port=70000".parse::<SandboxSpec>(), Err(SpecError::BadPort { .. })));
-        assert!(matches!("a,netns=".parse::<SandboxSpec>(), Err(SpecError::BadNetns { .. })));
-        assert!(matches!("a,netns=/x,netns=/y".parse::<SandboxSpec>(), Err(SpecError::BadNetns { .. })));
-        let many = format!("a{}", (1..=9).map(|p| format!(",port={p}")).collect::<String>());
-        assert!(matches!(many.parse::<SandboxSpec>(), Err(SpecError::TooManyPorts { .. })));
+        assert!(matches!(
+            "".parse::<SandboxSpec>(),
+            Err(SpecError::EmptyCgroup { .. })
+        ));
+        assert!(matches!(
+            "a,color=red".parse::<SandboxSpec>(),
+            Err(SpecError::UnknownOption { .. })
+        ));
+        assert!(matches!(
+            "a,port=0".parse::<SandboxSpec>(),
+            Err(SpecError::BadPort { .. })
+        ));
+        assert!(matches!(
+            "a,port=70000".parse::<SandboxSpec>(),
+            Err(SpecError::BadPort { .. })
+        ));
+        assert!(matches!(
+            "a,netns=".parse::<SandboxSpec>(),
+            Err(SpecError::BadNetns { .. })
+        ));
+        assert!(matches!(
+            "a,netns=/x,netns=/y".parse::<SandboxSpec>(),
+            Err(SpecError::BadNetns { .. })
+        ));
+        let many = format!(
+            "a{}",
+            (1..=9).map(|p| format!(",port={p}")).collect::<String>()
+        );
+        assert!(matches!(
+            many.parse::<SandboxSpec>(),
+            Err(SpecError::TooManyPorts { .. })
+        ));
     }
 }

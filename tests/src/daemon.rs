@@ -25,22 +25,36 @@ impl Daemon {
     /// Starts `gateway run` with one `--sandbox` per spec and waits for "gateway ready".
     pub fn start(sandboxes: &[String]) -> anyhow::Result<Self> {
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("gwtest-"));
-        let mut command = cmd(gateway_bin()?.to_str().context("path")?, ["--log-format", "json", "run"]);
+        let mut command = cmd(
+            gateway_bin()?.to_str().context("path")?,
+            ["--log-format", "json", "run"],
+        );
         for spec in sandboxes {
             command.args(["--sandbox", spec]);
         }
-        command.arg("--pin-dir").arg(&pin_dir).env("RUST_LOG", "info");
-        let mut child = command.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().context("starting gateway run")?;
+        command
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .env("RUST_LOG", "info");
+        let mut child = command
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting gateway run")?;
         let stderr = child.stderr.take().context("daemon stderr")?;
         let logs = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&logs);
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let value = serde_json::from_str(&line).unwrap_or_else(|_| Value::String(line));
+                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(value);
             }
         });
-        let mut daemon = Daemon { child: Some(child), pin_dir, logs };
+        let mut daemon = Daemon {
+            child: Some(child),
+            pin_dir,
+            logs,
+        };
         daemon.wait_for_message("gateway ready", Duration::from_secs(30))?;
         Ok(daemon)
     }
@@ -57,26 +71,58 @@ impl Daemon {
 
     /// Log lines whose message is `message`.
     pub fn messages(&self, message: &str) -> Vec<Value> {
-        self.logs().into_iter().filter(|v| v["message"] == message).collect()
+        self.logs()
+            .into_iter()
+            .filter(|v| v["message"] == message)
+            .collect()
     }
 
     /// Waits until a line satisfying `pred` is logged; fails (with the log) when the daemon exits
     /// or `timeout` passes.
-    pub fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> anyhow::Result<Value> {
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(found) = self.logs().into_iter().find(&pred) {
                 return Ok(found);
             }
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 std::thread::sleep(Duration::from_millis(100));
-                bail!("daemon exited ({status}) before {what}; log: {:#?}", self.logs());
+                bail!(
+                    "daemon exited ({status}) before {what}; log: {:#?}",
+                    self.logs()
+                );
             }
             if Instant::now() > deadline {
                 bail!("no {what} within {timeout:?}; log: {:#?}", self.logs());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until `done` holds for the daemon, as [`Daemon::wait_for`] does for one line.
+    pub fn wait_until(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Daemon) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !done(self) {
+            if Instant::now() > deadline {
+                bail!("not {what} within {timeout:?}; log: {:#?}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// Waits for a line with this message.
@@ -88,7 +134,9 @@ impl Daemon {
     pub fn listener_port(&self, n: u64) -> anyhow::Result<u16> {
         self.messages("sandbox attached")
             .iter()
-            .find(|v| v["sandbox"].as_u64() == Some(n) || v["sandbox"].as_str() == Some(&n.to_string()))
+            .find(|v| {
+                v["sandbox"].as_u64() == Some(n) || v["sandbox"].as_str() == Some(&n.to_string())
+            })
             .and_then(|v| v["listener_port"].as_u64())
             .and_then(|p| u16::try_from(p).ok())
             .with_context(|| format!("no listener port logged for sandbox {n}"))
@@ -96,7 +144,11 @@ impl Daemon {
 
     /// Sums the pinned per-CPU counter at `index`, read with bpftool as an operator would.
     pub fn counter(&self, index: u32) -> anyhow::Result<u64> {
-        let out = crate::run(&mut cmd("bpftool", ["-j", "map", "lookup", "pinned"]).arg(self.pin_dir.join("counters")).args(["key", &index.to_string(), "0", "0", "0"]))?;
+        let out = crate::run(
+            cmd("bpftool", ["-j", "map", "lookup", "pinned"])
+                .arg(self.pin_dir.join("counters"))
+                .args(["key", &index.to_string(), "0", "0", "0"]),
+        )?;
         let value: Value = serde_json::from_slice(&out.stdout)?;
         let sum = value["values"]
             .as_array()

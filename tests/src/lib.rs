@@ -19,7 +19,11 @@ use anyhow::{Context as _, bail};
 /// A name no other guard of this process uses: `<prefix><pid>x<n>` (short enough for interfaces).
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(1);
-    format!("{prefix}{}x{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// The gateway binary under test: $GATEWAY_BIN, else target/debug/gateway of this workspace.
@@ -29,7 +33,10 @@ pub fn gateway_bin() -> anyhow::Result<PathBuf> {
         None => workspace_dir().join("target/debug/gateway"),
     };
     if !path.exists() {
-        bail!("gateway binary {} not found: build it first (cargo xtask test does)", path.display());
+        bail!(
+            "gateway binary {} not found: build it first (cargo xtask test does)",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -41,7 +48,9 @@ pub fn workspace_dir() -> PathBuf {
 
 /// A script in tests/py.
 pub fn py_script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("py").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("py")
+        .join(name)
 }
 
 /// Fails unless running as root: these tests need eBPF, cgroups and namespaces.
@@ -55,9 +64,15 @@ pub fn require_root() -> anyhow::Result<()> {
 
 /// Runs a setup command and fails with its stderr when it fails.
 pub fn run(command: &mut Command) -> anyhow::Result<Output> {
-    let output = command.output().with_context(|| format!("running {command:?}"))?;
+    let output = command
+        .output()
+        .with_context(|| format!("running {command:?}"))?;
     if !output.status.success() {
-        bail!("{command:?} failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(output)
 }

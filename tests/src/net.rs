@@ -88,13 +88,47 @@ impl UpstreamHost {
             host_v6: format!("fd67:7761:0:{n:x}::1").parse()?,
             v6: format!("fd67:7761:0:{n:x}::2").parse()?,
         };
-        run(&mut cmd("ip", ["link", "add", &veth, "type", "veth", "peer", "name", &peer]))?;
-        run(&mut cmd("ip", ["link", "set", &peer, "netns", host.ns.name()]))?;
-        run(&mut cmd("ip", ["addr", "add", &format!("{}/30", host.host_v4), "dev", &veth]))?;
-        run(&mut cmd("ip", ["-6", "addr", "add", &format!("{}/64", host.host_v6), "dev", &veth, "nodad"]))?;
+        run(&mut cmd(
+            "ip",
+            ["link", "add", &veth, "type", "veth", "peer", "name", &peer],
+        ))?;
+        run(&mut cmd(
+            "ip",
+            ["link", "set", &peer, "netns", host.ns.name()],
+        ))?;
+        run(&mut cmd(
+            "ip",
+            ["addr", "add", &format!("{}/30", host.host_v4), "dev", &veth],
+        ))?;
+        run(&mut cmd(
+            "ip",
+            [
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", host.host_v6),
+                "dev",
+                &veth,
+                "nodad",
+            ],
+        ))?;
         run(&mut cmd("ip", ["link", "set", &veth, "up"]))?;
-        run(&mut host.ns.exec("ip", ["addr", "add", &format!("{}/30", host.v4), "dev", &peer]))?;
-        run(&mut host.ns.exec("ip", ["-6", "addr", "add", &format!("{}/64", host.v6), "dev", &peer, "nodad"]))?;
+        run(&mut host.ns.exec(
+            "ip",
+            ["addr", "add", &format!("{}/30", host.v4), "dev", &peer],
+        ))?;
+        run(&mut host.ns.exec(
+            "ip",
+            [
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/64", host.v6),
+                "dev",
+                &peer,
+                "nodad",
+            ],
+        ))?;
         run(&mut host.ns.exec("ip", ["link", "set", &peer, "up"]))?;
         Ok(host)
     }
@@ -106,7 +140,11 @@ impl UpstreamHost {
 
     /// The host side's address of the given family.
     pub fn host_addr(&self, v6: bool) -> IpAddr {
-        if v6 { self.host_v6.into() } else { self.host_v4.into() }
+        if v6 {
+            self.host_v6.into()
+        } else {
+            self.host_v4.into()
+        }
     }
 }
 

@@ -6,7 +6,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 
 /// A CA and the directory its files are written to.
 pub struct TestPki {
@@ -16,7 +18,9 @@ pub struct TestPki {
 
 impl std::fmt::Debug for TestPki {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestPki").field("dir", &self.dir.path()).finish()
+        f.debug_struct("TestPki")
+            .field("dir", &self.dir.path())
+            .finish()
     }
 }
 
@@ -34,13 +38,18 @@ impl TestPki {
     pub fn new(common_name: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
         fs::write(dir.path().join("ca.pem"), cert.pem())?;
-        Ok(TestPki { dir, issuer: Issuer::new(params, key) })
+        Ok(TestPki {
+            dir,
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// The CA certificate (PEM), for clients' trust.
@@ -55,12 +64,20 @@ impl TestPki {
 
     /// Issues a server certificate for `names` and `ips`, written as `<label>.crt`/`<label>.key`.
     pub fn issue(&self, label: &str, names: &[&str], ips: &[IpAddr]) -> anyhow::Result<CertFiles> {
-        let mut params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
-        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        params.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or(label));
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params
+            .subject_alt_names
+            .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().copied().unwrap_or(label));
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        let files = CertFiles { cert: self.dir.path().join(format!("{label}.crt")), key: self.dir.path().join(format!("{label}.key")) };
+        let files = CertFiles {
+            cert: self.dir.path().join(format!("{label}.crt")),
+            key: self.dir.path().join(format!("{label}.key")),
+        };
         fs::write(&files.cert, cert.pem())?;
         fs::write(&files.key, key.serialize_pem())?;
         Ok(files)

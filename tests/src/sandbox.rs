@@ -16,7 +16,8 @@ pub struct SandboxCgroup {
 impl SandboxCgroup {
     /// Creates `<cgroup2 mount>/gwtest-<unique>`.
     pub fn new() -> anyhow::Result<Self> {
-        let cgroup = TransientCgroup::create(&unique("gwtest-")).context("creating a sandbox cgroup")?;
+        let cgroup =
+            TransientCgroup::create(&unique("gwtest-")).context("creating a sandbox cgroup")?;
         Ok(SandboxCgroup { cgroup })
     }
 
@@ -30,7 +31,9 @@ impl SandboxCgroup {
         let ns = netns.map(|ns| GwNetNs::open(&ns.path())).transpose()?;
         let confinement = Confinement::new(self.cgroup.cgroup(), ns.as_ref())?;
         confinement.apply(command);
-        command.output().with_context(|| format!("running {command:?} in the sandbox"))
+        command
+            .output()
+            .with_context(|| format!("running {command:?} in the sandbox"))
     }
 }
 

@@ -20,16 +20,31 @@ pub struct Upstream {
 impl Upstream {
     /// Starts a server named `name` in `ns`, serving TLS on each `listen` (`ADDR:PORT`, IPv6 in
     /// brackets) and plain HTTP on each `plain`, and waits until it is listening.
-    pub fn start(ns: &NetNs, name: &str, cert: &CertFiles, listen: &[String], plain: &[String]) -> anyhow::Result<Self> {
+    pub fn start(
+        ns: &NetNs,
+        name: &str,
+        cert: &CertFiles,
+        listen: &[String],
+        plain: &[String],
+    ) -> anyhow::Result<Self> {
         let mut command = ns.exec("python3", [py_script("upstream.py")]);
-        command.args(["--name", name]).arg("--cert").arg(&cert.cert).arg("--key").arg(&cert.key);
+        command
+            .args(["--name", name])
+            .arg("--cert")
+            .arg(&cert.cert)
+            .arg("--key")
+            .arg(&cert.key);
         for addr in listen {
             command.args(["--listen", addr]);
         }
         for addr in plain {
             command.args(["--plain", addr]);
         }
-        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("starting upstream.py")?;
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting upstream.py")?;
         let stdout = child.stdout.take().context("upstream stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {

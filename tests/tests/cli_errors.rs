@@ -1,27 +1,54 @@
 //! Bad input to the CLI gets a clear, specific error and leaves nothing behind.
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly, with the error, on any setup failure"
+)]
 
 use gateway_tests::{cmd, gateway_bin, require_root};
 
 fn gateway(args: &[&str]) -> (bool, String) {
-    let output = cmd(gateway_bin().unwrap().to_str().unwrap(), args).output().unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    let output = cmd(gateway_bin().unwrap().to_str().unwrap(), args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn missing_cgroup_is_named() {
     require_root().unwrap();
-    let (ok, stderr) = gateway(&["run", "--sandbox", "/sys/fs/cgroup/definitely-not-here", "--pin-dir", "/sys/fs/bpf/gwtest-err1"]);
+    let (ok, stderr) = gateway(&[
+        "run",
+        "--sandbox",
+        "/sys/fs/cgroup/definitely-not-here",
+        "--pin-dir",
+        "/sys/fs/bpf/gwtest-err1",
+    ]);
     assert!(!ok);
-    assert!(stderr.contains("/sys/fs/cgroup/definitely-not-here does not exist"), "{stderr}");
+    assert!(
+        stderr.contains("/sys/fs/cgroup/definitely-not-here does not exist"),
+        "{stderr}"
+    );
     assert!(!std::path::Path::new("/sys/fs/bpf/gwtest-err1").exists());
 }
 
 #[test]
 fn non_cgroup2_directory_is_rejected() {
     require_root().unwrap();
-    let (ok, stderr) = gateway(&["run", "--sandbox", "/tmp", "--pin-dir", "/sys/fs/bpf/gwtest-err2"]);
+    let (ok, stderr) = gateway(&[
+        "run",
+        "--sandbox",
+        "/tmp",
+        "--pin-dir",
+        "/sys/fs/bpf/gwtest-err2",
+    ]);
     assert!(!ok);
-    assert!(stderr.contains("/tmp is not a cgroup v2 directory"), "{stderr}");
+    assert!(
+        stderr.contains("/tmp is not a cgroup v2 directory"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -37,7 +64,13 @@ fn pin_dir_outside_bpffs_is_rejected() {
     let cgroup = gateway_tests::sandbox::SandboxCgroup::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pins = dir.path().join("pins");
-    let (ok, stderr) = gateway(&["run", "--sandbox", cgroup.path().to_str().unwrap(), "--pin-dir", pins.to_str().unwrap()]);
+    let (ok, stderr) = gateway(&[
+        "run",
+        "--sandbox",
+        cgroup.path().to_str().unwrap(),
+        "--pin-dir",
+        pins.to_str().unwrap(),
+    ]);
     assert!(!ok);
     assert!(stderr.contains("is not on a bpf filesystem"), "{stderr}");
 }
@@ -46,11 +79,14 @@ fn pin_dir_outside_bpffs_is_rejected() {
 fn non_root_is_refused_with_a_reason() {
     // `setpriv` drops to nobody for one command.
     let bin = gateway_bin().unwrap();
-    let output = cmd("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(bin)
-        .args(["exec", "--", "true"])
-        .output()
-        .unwrap();
+    let output = cmd(
+        "setpriv",
+        ["--reuid=65534", "--regid=65534", "--clear-groups", "--"],
+    )
+    .arg(bin)
+    .args(["exec", "--", "true"])
+    .output()
+    .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("gateway must run as root"), "{stderr}");

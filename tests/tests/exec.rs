@@ -1,15 +1,15 @@
 //! `gateway exec`: the zero-config entry point runs a real command in a transient sandbox,
 //! relays its HTTPS, returns its exit code and leaves nothing behind.
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly, with the error, on any setup failure"
+)]
 
 use std::{net::IpAddr, path::PathBuf, process::Output};
 
 use gateway::sandbox::cgroup::cgroup2_mount;
 use gateway_tests::{
-    cmd, gateway_bin,
-    net::UpstreamHost,
-    pki::TestPki,
-    require_root,
-    sandbox::stdout_ok,
+    cmd, gateway_bin, net::UpstreamHost, pki::TestPki, require_root, sandbox::stdout_ok,
     upstream::Upstream,
 };
 use serde_json::Value;
@@ -22,8 +22,18 @@ struct Site {
 fn site(pki: &TestPki) -> Site {
     let host = UpstreamHost::new().unwrap();
     let cert = pki.issue("exec", &["exec.test"], &[]).unwrap();
-    let server = Upstream::start(&host.ns, "exec.test", &cert, &[format!("{}:443", host.v4)], &[]).unwrap();
-    Site { host, _server: server }
+    let server = Upstream::start(
+        &host.ns,
+        "exec.test",
+        &cert,
+        &[format!("{}:443", host.v4)],
+        &[],
+    )
+    .unwrap();
+    Site {
+        host,
+        _server: server,
+    }
 }
 
 /// Runs `gateway exec [extra] -- argv...` and returns its output and the pid it ran as.
@@ -55,14 +65,21 @@ fn curl_args(pki: &TestPki, ip: IpAddr) -> Vec<String> {
 }
 
 fn bpffs_entries() -> Vec<PathBuf> {
-    let mut entries: Vec<_> = std::fs::read_dir("/sys/fs/bpf").unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir("/sys/fs/bpf")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     entries
 }
 
 fn assert_nothing_left(pid: u32, bpffs_before: &[PathBuf]) {
     let cgroup = cgroup2_mount().unwrap().join(format!("gateway-exec-{pid}"));
-    assert!(!cgroup.exists(), "transient cgroup {} left behind", cgroup.display());
+    assert!(
+        !cgroup.exists(),
+        "transient cgroup {} left behind",
+        cgroup.display()
+    );
     assert_eq!(bpffs_entries(), bpffs_before, "pins left behind");
     let tree = stdout_ok(&cmd("bpftool", ["cgroup", "tree"]).output().unwrap()).unwrap();
     assert!(!tree.contains(&format!("gateway-exec-{pid}")), "{tree}");
@@ -80,9 +97,17 @@ fn exec_relays_curl_and_cleans_up() {
     let (output, pid) = gateway_exec(&[], &argv);
     let body: Value = serde_json::from_str(&stdout_ok(&output).unwrap()).unwrap();
     assert_eq!(body["name"], "exec.test");
-    assert!(body["peer"].as_str().unwrap().starts_with(&site.host.host_v4.to_string()));
+    assert!(
+        body["peer"]
+            .as_str()
+            .unwrap()
+            .starts_with(&site.host.host_v4.to_string())
+    );
     let log = String::from_utf8_lossy(&output.stderr);
-    assert!(log.contains("connection closed") && log.contains(&format!("{}:443", site.host.v4)), "{log}");
+    assert!(
+        log.contains("connection closed") && log.contains(&format!("{}:443", site.host.v4)),
+        "{log}"
+    );
 
     assert_nothing_left(pid, &before);
 }
@@ -116,7 +141,10 @@ fn exec_returns_the_exit_code_and_kills_leftover_processes() {
     // A background process that would outlive the command must not outlive the sandbox.
     let (output, pid) = gateway_exec(&[], &["sh", "-c", "sleep 600 & echo $!; exit 7"]);
     assert_eq!(output.status.code(), Some(7), "{output:?}");
-    let sleeper: u32 = String::from_utf8_lossy(&output.stdout).trim().parse().unwrap();
+    let sleeper: u32 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
     assert!(!is_alive(sleeper), "background process {sleeper} survived");
     assert_nothing_left(pid, &before);
 }
@@ -127,7 +155,14 @@ fn is_alive(pid: u32) -> bool {
     for _ in 0..100 {
         match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
             Err(_) => return false,
-            Ok(stat) if stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')) => return false,
+            Ok(stat)
+                if stat
+                    .rsplit(')')
+                    .next()
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z')) =>
+            {
+                return false;
+            }
             Ok(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
         }
     }
@@ -141,6 +176,9 @@ fn exec_reports_a_missing_program() {
     let (output, pid) = gateway_exec(&[], &["/nonexistent/program"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("/nonexistent/program") && stderr.contains("No such file"), "{stderr}");
+    assert!(
+        stderr.contains("/nonexistent/program") && stderr.contains("No such file"),
+        "{stderr}"
+    );
     assert_nothing_left(pid, &before);
 }

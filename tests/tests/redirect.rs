@@ -1,5 +1,9 @@
 //! `gateway run`: a sandbox cgroup's TCP/443 reaches the gateway, which relays it to where the
 //! sandbox meant to go. Real curl/python clients in real cgroups, real upstreams in a netns.
+#![expect(
+    clippy::unwrap_used,
+    reason = "a test fails loudly, with the error, on any setup failure"
+)]
 
 use std::{net::IpAddr, process::Command, time::Duration};
 
@@ -25,11 +29,18 @@ struct Site {
 impl Site {
     fn start(pki: &TestPki, name: &str) -> Site {
         let host = UpstreamHost::new().expect("create upstream host");
-        let cert = pki.issue(name, &[name], &[host.v4.into(), host.v6.into()]).expect("issue upstream cert");
+        let cert = pki
+            .issue(name, &[name], &[host.v4.into(), host.v6.into()])
+            .expect("issue upstream cert");
         let listen = [format!("{}:443", host.v4), format!("[{}]:443", host.v6)];
         let plain = [format!("{}:8443", host.v4)];
-        let server = Upstream::start(&host.ns, name, &cert, &listen, &plain).expect("start upstream");
-        Site { name: name.into(), host, _server: server }
+        let server =
+            Upstream::start(&host.ns, name, &cert, &listen, &plain).expect("start upstream");
+        Site {
+            name: name.into(),
+            host,
+            _server: server,
+        }
     }
 
     fn socket(&self, v6: bool, port: u16) -> String {
@@ -48,7 +59,11 @@ fn curl(pki: &TestPki, site: &Site, v6: bool) -> Command {
     };
     let mut command = cmd("curl", ["-sS", "--fail", "--max-time", "15", "--cacert"]);
     command.arg(pki.ca_file());
-    command.args(["--resolve", &format!("{}:443:{ip}", site.name), &format!("https://{}/", site.name)]);
+    command.args([
+        "--resolve",
+        &format!("{}:443:{ip}", site.name),
+        &format!("https://{}/", site.name),
+    ]);
     command
 }
 
@@ -67,9 +82,11 @@ fn sandbox_spec(cgroup: &SandboxCgroup, netns: Option<&NetNs>) -> String {
 /// Waits for the daemon's log line of the relayed connection to `orig_dst`.
 fn relayed_line(daemon: &mut Daemon, orig_dst: &str) -> Value {
     daemon
-        .wait_for(&format!("a relayed connection to {orig_dst}"), Duration::from_secs(10), |v| {
-            v["message"] == "connection closed" && v["orig_dst"] == orig_dst
-        })
+        .wait_for(
+            &format!("a relayed connection to {orig_dst}"),
+            Duration::from_secs(10),
+            |v| v["message"] == "connection closed" && v["orig_dst"] == orig_dst,
+        )
         .expect("relay log line")
 }
 
@@ -84,15 +101,26 @@ fn sandbox_curl_goes_through_gateway(v6: bool) {
     assert_eq!(body["name"], "up-a.test");
     let peer = body["peer"].as_str().unwrap().to_string();
     let host_side = site.host.host_addr(v6).to_string();
-    assert!(peer.contains(&host_side), "upstream saw {peer}, expected the host side of the veth {host_side}");
+    assert!(
+        peer.contains(&host_side),
+        "upstream saw {peer}, expected the host side of the veth {host_side}"
+    );
 
     // The connection the upstream saw is the one the gateway dialled for this sandbox.
     let line = relayed_line(&mut daemon, &site.socket(v6, 443));
-    assert_eq!(line["upstream_local"].as_str(), Some(peer.as_str()), "{line}");
+    assert_eq!(
+        line["upstream_local"].as_str(),
+        Some(peer.as_str()),
+        "{line}"
+    );
     assert_eq!(line["outcome"], "ok");
     assert!(line["bytes_down"].as_u64().unwrap() > 0);
 
-    let redirected = if v6 { Counter::RedirectedV6 } else { Counter::RedirectedV4 };
+    let redirected = if v6 {
+        Counter::RedirectedV6
+    } else {
+        Counter::RedirectedV4
+    };
     assert_eq!(daemon.counter(redirected as u32).unwrap(), 1);
     assert_eq!(daemon.counter(Counter::Established as u32).unwrap(), 1);
     assert_eq!(daemon.counter(Counter::MapErrors as u32).unwrap(), 0);
@@ -118,27 +146,45 @@ fn parallel_connections_reach_their_own_destinations() {
     let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
 
     let mut client = cmd("python3", [py_script("client.py")]);
-    client.args(["parallel", "--count", "50", "--cafile"]).arg(pki.ca_file());
+    client
+        .args(["parallel", "--count", "50", "--cafile"])
+        .arg(pki.ca_file());
     for site in [&a, &b] {
-        client.args(["--target", &format!("{}={}", site.name, site.socket(false, 443))]);
+        client.args([
+            "--target",
+            &format!("{}={}", site.name, site.socket(false, 443)),
+        ]);
     }
     let results = json(&stdout_ok(&cgroup.output(None, &mut client).unwrap()).unwrap());
     let results = results.as_array().unwrap();
     assert_eq!(results.len(), 50);
     for result in results {
         assert!(result.get("error").is_none(), "request failed: {result}");
-        assert_eq!(result["answered_by"], result["target"], "answered by the wrong upstream: {result}");
+        assert_eq!(
+            result["answered_by"], result["target"],
+            "answered by the wrong upstream: {result}"
+        );
     }
-    assert_eq!(results.iter().filter(|r| r["answered_by"] == "up-a.test").count(), 25);
+    assert_eq!(
+        results
+            .iter()
+            .filter(|r| r["answered_by"] == "up-a.test")
+            .count(),
+        25
+    );
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while daemon.messages("connection closed").len() < 50 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon
+        .wait_until("50 relayed connections", Duration::from_secs(10), |d| {
+            d.messages("connection closed").len() >= 50
+        })
+        .unwrap();
     let closed = daemon.messages("connection closed");
     assert_eq!(closed.len(), 50);
     for site in [&a, &b] {
-        let to_site = closed.iter().filter(|v| v["orig_dst"] == site.socket(false, 443).as_str()).count();
+        let to_site = closed
+            .iter()
+            .filter(|v| v["orig_dst"] == site.socket(false, 443).as_str())
+            .count();
         assert_eq!(to_site, 25, "relays to {}", site.name);
     }
     assert_eq!(daemon.counter(Counter::RedirectedV4 as u32).unwrap(), 50);
@@ -163,8 +209,16 @@ fn outside_processes_and_other_ports_are_untouched() {
     assert_eq!(body["name"], "up-a.test");
 
     std::thread::sleep(Duration::from_millis(300));
-    assert!(daemon.messages("connection closed").is_empty(), "{:#?}", daemon.logs());
-    assert!(daemon.messages("connection failed").is_empty(), "{:#?}", daemon.logs());
+    assert!(
+        daemon.messages("connection closed").is_empty(),
+        "{:#?}",
+        daemon.logs()
+    );
+    assert!(
+        daemon.messages("connection failed").is_empty(),
+        "{:#?}",
+        daemon.logs()
+    );
     assert_eq!(daemon.counter(Counter::RedirectedV4 as u32).unwrap(), 0);
     assert_eq!(daemon.counter(Counter::Established as u32).unwrap(), 0);
 }
@@ -178,14 +232,31 @@ fn sandbox_with_only_loopback_reaches_upstream_through_gateway() {
     let netns = NetNs::new("gws").unwrap();
 
     // Without the gateway the sandbox's namespace has no route anywhere.
-    let direct = cgroup.output(Some(&netns), &mut curl(&pki, &site, false)).unwrap();
-    assert!(!direct.status.success(), "reached upstream without the gateway");
+    let direct = cgroup
+        .output(Some(&netns), &mut curl(&pki, &site, false))
+        .unwrap();
+    assert!(
+        !direct.status.success(),
+        "reached upstream without the gateway"
+    );
 
     let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, Some(&netns))]).unwrap();
     for v6 in [false, true] {
-        let body = json(&stdout_ok(&cgroup.output(Some(&netns), &mut curl(&pki, &site, v6)).unwrap()).unwrap());
+        let body = json(
+            &stdout_ok(
+                &cgroup
+                    .output(Some(&netns), &mut curl(&pki, &site, v6))
+                    .unwrap(),
+            )
+            .unwrap(),
+        );
         assert_eq!(body["name"], "up-a.test");
-        assert!(body["peer"].as_str().unwrap().contains(&site.host.host_addr(v6).to_string()));
+        assert!(
+            body["peer"]
+                .as_str()
+                .unwrap()
+                .contains(&site.host.host_addr(v6).to_string())
+        );
         relayed_line(&mut daemon, &site.socket(v6, 443));
     }
 }
@@ -200,12 +271,20 @@ fn dialling_the_listener_directly_is_refused() {
     let mut client = cmd("python3", [py_script("client.py")]);
     client.args(["connect", "127.0.0.1", &port.to_string()]);
     let result = json(&stdout_ok(&cgroup.output(None, &mut client).unwrap()).unwrap());
-    assert_eq!(result["received"], "", "the listener answered a direct dial: {result}");
+    assert_eq!(
+        result["received"], "",
+        "the listener answered a direct dial: {result}"
+    );
 
     let line = daemon
-        .wait_for("a refused connection", Duration::from_secs(10), |v| v["message"] == "connection failed")
+        .wait_for("a refused connection", Duration::from_secs(10), |v| {
+            v["message"] == "connection failed"
+        })
         .unwrap();
-    assert!(line["error"].as_str().unwrap().contains("not redirected"), "{line}");
+    assert!(
+        line["error"].as_str().unwrap().contains("not redirected"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -218,9 +297,15 @@ fn sandbox_traffic_fails_closed_when_the_daemon_dies() {
     stdout_ok(&cgroup.output(None, &mut curl(&pki, &site, false)).unwrap()).unwrap();
 
     daemon.crash().unwrap();
-    assert!(daemon.pin_dir().join("links").read_dir().unwrap().count() == 3, "links must stay pinned");
+    assert!(
+        daemon.pin_dir().join("links").read_dir().unwrap().count() == 3,
+        "links must stay pinned"
+    );
     let after = cgroup.output(None, &mut curl(&pki, &site, false)).unwrap();
-    assert!(!after.status.success(), "sandbox reached upstream with the daemon dead: {after:?}");
+    assert!(
+        !after.status.success(),
+        "sandbox reached upstream with the daemon dead: {after:?}"
+    );
     // curl exit 7: could not connect (the redirect still applies, nobody listens).
     assert_eq!(after.status.code(), Some(7), "{after:?}");
 }
@@ -230,12 +315,24 @@ fn clean_stop_detaches_and_unpins() {
     require_root().unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
     let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
-    let tree = stdout_ok(&cmd("bpftool", ["cgroup", "show"]).arg(cgroup.path()).output().unwrap()).unwrap();
+    let tree = stdout_ok(
+        &cmd("bpftool", ["cgroup", "show"])
+            .arg(cgroup.path())
+            .output()
+            .unwrap(),
+    )
+    .unwrap();
     for program in ["gateway_connect4", "gateway_connect6", "gateway_sock_ops"] {
         assert!(tree.contains(program), "{program} not attached: {tree}");
     }
     assert!(daemon.stop().unwrap().success());
     assert!(!daemon.pin_dir().exists(), "pins left behind");
-    let tree = stdout_ok(&cmd("bpftool", ["cgroup", "show"]).arg(cgroup.path()).output().unwrap()).unwrap();
+    let tree = stdout_ok(
+        &cmd("bpftool", ["cgroup", "show"])
+            .arg(cgroup.path())
+            .output()
+            .unwrap(),
+    )
+    .unwrap();
     assert!(!tree.contains("gateway_"), "programs left attached: {tree}");
 }

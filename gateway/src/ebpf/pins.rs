@@ -7,12 +7,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use nix::fcntl::{Flock, FlockArg};
 use aya::{
     maps::Map,
     pin::PinError as AyaPinError,
     programs::links::{FdLink, PinnedLink},
 };
+use nix::fcntl::{Flock, FlockArg};
 
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gateway";
@@ -22,7 +22,12 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gateway";
 pub enum PinError {
     /// A filesystem operation on the pin directory failed.
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, #[source] source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// The directory is not on a bpf filesystem.
     #[error("{path} is not on a bpf filesystem (mount one with `mount -t bpf bpf /sys/fs/bpf`)")]
     NotBpffs { path: PathBuf },
@@ -31,7 +36,11 @@ pub enum PinError {
     Locked { path: PathBuf },
     /// Pinning an object failed.
     #[error("pinning {path}: {source}")]
-    Pin { path: PathBuf, #[source] source: AyaPinError },
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: AyaPinError,
+    },
 }
 
 /// `statfs` magic of bpffs.
@@ -49,7 +58,13 @@ impl PinDir {
     /// Creates (or takes over) `path`, holding an exclusive lock on it while this value lives.
     /// Pins left by a daemon that died are removed: this daemon attaches afresh.
     pub fn create(path: &Path) -> Result<Self, PinError> {
-        let io_err = |op| move |source| PinError::Io { op, path: path.into(), source };
+        let io_err = |op| {
+            move |source| PinError::Io {
+                op,
+                path: path.into(),
+                source,
+            }
+        };
         fs::create_dir_all(path.join("links")).map_err(io_err("create"))?;
         let lock = File::open(path).map_err(io_err("open"))?;
         let fs = nix::sys::statfs::fstatfs(&lock).map_err(|e| io_err("statfs")(e.into()))?;
@@ -58,7 +73,10 @@ impl PinDir {
         }
         let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
             .map_err(|_| PinError::Locked { path: path.into() })?;
-        let dir = PinDir { path: path.into(), _lock: lock };
+        let dir = PinDir {
+            path: path.into(),
+            _lock: lock,
+        };
         for stale in dir.remove_pins()? {
             tracing::warn!(pin = %stale.display(), "removed stale pin left by a previous gateway");
         }
@@ -74,11 +92,19 @@ impl PinDir {
     fn remove_pins(&self) -> Result<Vec<PathBuf>, PinError> {
         let mut removed = Vec::new();
         for dir in [self.path.join("links"), self.path.clone()] {
-            let entries = fs::read_dir(&dir).map_err(|source| PinError::Io { op: "list", path: dir.clone(), source })?;
+            let entries = fs::read_dir(&dir).map_err(|source| PinError::Io {
+                op: "list",
+                path: dir.clone(),
+                source,
+            })?;
             for entry in entries.flatten() {
                 let path = entry.path();
                 if !path.is_dir() {
-                    fs::remove_file(&path).map_err(|source| PinError::Io { op: "remove", path: path.clone(), source })?;
+                    fs::remove_file(&path).map_err(|source| PinError::Io {
+                        op: "remove",
+                        path: path.clone(),
+                        source,
+                    })?;
                     removed.push(path);
                 }
             }
@@ -89,14 +115,21 @@ impl PinDir {
     /// Pins `map` as `<dir>/<lower-case name>`.
     pub fn pin_map(&self, name: &str, map: &Map) -> Result<(), PinError> {
         let path = self.path.join(name.to_ascii_lowercase());
-        map.pin(&path).map_err(|source| PinError::Pin { path, source })
+        map.pin(&path)
+            .map_err(|source| PinError::Pin { path, source })
     }
 
     /// Pins `link` as `<dir>/links/<name>`.
     pub fn pin_link(&self, name: &str, link: FdLink) -> Result<PinnedLinkGuard, PinError> {
         let path = self.path.join("links").join(name);
-        let link = link.pin(&path).map_err(|source| PinError::Pin { path: path.clone(), source })?;
-        Ok(PinnedLinkGuard { link: Some(link), path })
+        let link = link.pin(&path).map_err(|source| PinError::Pin {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(PinnedLinkGuard {
+            link: Some(link),
+            path,
+        })
     }
 }
 
@@ -119,10 +152,10 @@ pub struct PinnedLinkGuard {
 
 impl Drop for PinnedLinkGuard {
     fn drop(&mut self) {
-        if let Some(link) = self.link.take() {
-            if let Err(err) = link.unpin() {
-                tracing::error!(pin = %self.path.display(), error = %err, "failed to unpin link");
-            }
+        if let Some(link) = self.link.take()
+            && let Err(err) = link.unpin()
+        {
+            tracing::error!(pin = %self.path.display(), error = %err, "failed to unpin link");
         }
     }
 }

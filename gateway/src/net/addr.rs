@@ -63,7 +63,9 @@ pub fn words_from_ip(ip: IpAddr) -> [u32; 4] {
         IpAddr::V6(v6) => v6,
     };
     let o = v6.octets();
-    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 /// The inverse of [`words_from_ip`]; IPv4-mapped addresses come back as IPv4.
@@ -84,7 +86,10 @@ mod tests {
         // The kernel stores 192.0.2.7 in user_ip4 as its bytes in network order.
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         let words = words_from_ip(ip);
-        assert_eq!(words, gateway_common::v4_mapped(u32::from_ne_bytes([192, 0, 2, 7])));
+        assert_eq!(
+            words,
+            gateway_common::v4_mapped(u32::from_ne_bytes([192, 0, 2, 7]))
+        );
         assert_eq!(ip_from_words(words), ip);
     }
 
@@ -107,7 +112,13 @@ mod tests {
 
     #[test]
     fn host_local_destinations() {
-        for s in ["127.0.0.1:443", "127.9.9.9:443", "[::1]:443", "0.0.0.0:443", "[::ffff:127.0.0.1]:443"] {
+        for s in [
+            "127.0.0.1:443",
+            "127.9.9.9:443",
+            "[::1]:443",
+            "0.0.0.0:443",
+            "[::ffff:127.0.0.1]:443",
+        ] {
             assert!(OrigDst(s.parse().unwrap()).is_host_local(), "{s}");
         }
         for s in ["198.18.0.2:443", "[fd00::2]:443"] {

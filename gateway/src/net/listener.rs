@@ -30,7 +30,12 @@ const BIND_ATTEMPTS: usize = 32;
 pub enum ListenError {
     /// Creating or binding a listening socket failed.
     #[error("{op} listener on {addr}: {source}")]
-    Bind { op: &'static str, addr: SocketAddr, #[source] source: io::Error },
+    Bind {
+        op: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     /// No port was free on both loopback addresses.
     #[error("no port free on both 127.0.0.1 and ::1 after {BIND_ATTEMPTS} attempts")]
     NoCommonPort,
@@ -53,7 +58,11 @@ pub enum ConnError {
     Lookup(#[from] EbpfError),
     /// The upstream could not be reached.
     #[error("connecting to {dst}: {source}")]
-    Connect { dst: OrigDst, #[source] source: io::Error },
+    Connect {
+        dst: OrigDst,
+        #[source]
+        source: io::Error,
+    },
     /// The upstream did not accept in time.
     #[error("connecting to {dst}: no answer within {timeout:?}")]
     ConnectTimeout { dst: OrigDst, timeout: Duration },
@@ -85,16 +94,32 @@ pub fn bind(netns: Option<&NetNs>) -> Result<BoundListener, ListenError> {
 fn bind_here() -> Result<BoundListener, ListenError> {
     for _ in 0..BIND_ATTEMPTS {
         let v4 = listen_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
-        let port = v4.local_addr().map_err(|source| ListenError::Bind {
-            op: "inspect",
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            source,
-        })?.port();
+        let port = v4
+            .local_addr()
+            .map_err(|source| ListenError::Bind {
+                op: "inspect",
+                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                source,
+            })?
+            .port();
         match listen_on(SocketAddr::from((Ipv6Addr::LOCALHOST, port))) {
-            Ok(v6) => return Ok(BoundListener { port, v4, v6: Some(v6) }),
-            Err(ListenError::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse => continue,
-            Err(ListenError::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrNotAvailable => {
-                warn!(port, "no ::1 in this network namespace; IPv6 connections cannot be redirected");
+            Ok(v6) => {
+                return Ok(BoundListener {
+                    port,
+                    v4,
+                    v6: Some(v6),
+                });
+            }
+            Err(ListenError::Bind { source, .. }) if source.kind() == io::ErrorKind::AddrInUse => {
+                continue;
+            }
+            Err(ListenError::Bind { source, .. })
+                if source.kind() == io::ErrorKind::AddrNotAvailable =>
+            {
+                warn!(
+                    port,
+                    "no ::1 in this network namespace; IPv6 connections cannot be redirected"
+                );
                 return Ok(BoundListener { port, v4, v6: None });
             }
             Err(err) => return Err(err),
@@ -105,7 +130,8 @@ fn bind_here() -> Result<BoundListener, ListenError> {
 
 fn listen_on(addr: SocketAddr) -> Result<std::net::TcpListener, ListenError> {
     let err = |op| move |source| ListenError::Bind { op, addr, source };
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(err("create"))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(err("create"))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true).map_err(err("configure"))?;
     }
@@ -148,7 +174,8 @@ pub async fn serve(listener: TcpListener, ctx: Arc<SandboxContext>) {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let conn_ctx = Arc::clone(&ctx);
-                ctx.connections.spawn(async move { handle(stream, ClientAddr(peer), &conn_ctx).await });
+                ctx.connections
+                    .spawn(async move { handle(stream, ClientAddr(peer), &conn_ctx).await });
             }
             Err(err) => {
                 // Typically EMFILE: back off rather than spin.
@@ -169,7 +196,10 @@ async fn handle(stream: TcpStream, client: ClientAddr, ctx: &SandboxContext) {
     };
     let duration_ms = start.elapsed().as_millis() as u64;
     let orig_dst = route.orig_dst.map(|d| d.to_string()).unwrap_or_default();
-    let upstream_local = route.upstream_local.map(|a| a.to_string()).unwrap_or_default();
+    let upstream_local = route
+        .upstream_local
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     match result {
         Ok(stats) => info!(
             sandbox = %ctx.id, client = %client, orig_dst, upstream_local, mode = "relay",
@@ -204,7 +234,10 @@ async fn try_handle(
     ctx: &SandboxContext,
     route: &mut Route,
 ) -> Result<RelayStats, ConnError> {
-    let entry = ctx.orig_dst.take(&client.key(ctx.id))?.ok_or(ConnError::NotRedirected)?;
+    let entry = ctx
+        .orig_dst
+        .take(&client.key(ctx.id))?
+        .ok_or(ConnError::NotRedirected)?;
     let dst = OrigDst::from(entry);
     route.orig_dst = Some(dst);
     if dst.is_host_local() {
@@ -212,7 +245,10 @@ async fn try_handle(
     }
     let upstream = tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(dst.0))
         .await
-        .map_err(|_| ConnError::ConnectTimeout { dst, timeout: ctx.connect_timeout })?
+        .map_err(|_| ConnError::ConnectTimeout {
+            dst,
+            timeout: ctx.connect_timeout,
+        })?
         .map_err(|source| ConnError::Connect { dst, source })?;
     route.upstream_local = upstream.local_addr().ok();
     // Both legs carry small interactive writes (TLS handshakes): do not delay them.

@@ -29,7 +29,12 @@ pub enum CgroupError {
     NotCgroup2 { path: PathBuf, mount: PathBuf },
     /// A filesystem operation on a cgroup failed.
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, #[source] source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// A transient cgroup still had processes after they were killed.
     #[error("cgroup {path} still has processes {timeout:?} after they were killed")]
     Busy { path: PathBuf, timeout: Duration },
@@ -65,7 +70,10 @@ fn unescape_octal(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| std::str::from_utf8(d).ok()).and_then(|d| u8::from_str_radix(d, 8).ok());
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
         match (bytes[i], octal) {
             (b'\\', Some(byte)) => {
                 out.push(byte);
@@ -84,7 +92,10 @@ fn unescape_octal(field: &str) -> PathBuf {
 pub fn own_cgroup() -> Result<PathBuf, CgroupError> {
     let path = Path::new("/proc/self/cgroup");
     let text = fs::read_to_string(path).map_err(io_err("read", path))?;
-    let relative = text.lines().find_map(|line| line.strip_prefix("0::")).unwrap_or("/");
+    let relative = text
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .unwrap_or("/");
     Ok(cgroup2_mount()?.join(relative.trim_start_matches('/')))
 }
 
@@ -100,14 +111,27 @@ impl Cgroup {
     /// Opens `path`; a relative path is taken under the cgroup2 mount.
     pub fn open(path: &Path) -> Result<Self, CgroupError> {
         let mount = cgroup2_mount()?;
-        let path = if path.is_absolute() { path.to_path_buf() } else { mount.join(path) };
+        let path = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            mount.join(path)
+        };
         let dir = File::open(&path).map_err(|source| match source.kind() {
             io::ErrorKind::NotFound => CgroupError::Missing { path: path.clone() },
-            _ => CgroupError::Io { op: "open", path: path.clone(), source },
+            _ => CgroupError::Io {
+                op: "open",
+                path: path.clone(),
+                source,
+            },
         })?;
-        let fs = nix::sys::statfs::fstatfs(&dir)
-            .map_err(|e| CgroupError::Io { op: "statfs", path: path.clone(), source: e.into() })?;
-        if fs.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC || !path.join("cgroup.procs").exists() {
+        let fs = nix::sys::statfs::fstatfs(&dir).map_err(|e| CgroupError::Io {
+            op: "statfs",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        if fs.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC
+            || !path.join("cgroup.procs").exists()
+        {
             return Err(CgroupError::NotCgroup2 { path, mount });
         }
         // On cgroup v2 the cgroup id the kernel reports is the directory's inode number.
@@ -133,7 +157,10 @@ impl Cgroup {
     /// `cgroup.procs`, opened for writing (close-on-exec), to move processes in.
     pub fn procs_writer(&self) -> Result<File, CgroupError> {
         let path = self.path.join("cgroup.procs");
-        OpenOptions::new().write(true).open(&path).map_err(io_err("open", &path))
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err("open", &path))
     }
 
     /// Whether any process is in this cgroup or below it.
@@ -157,7 +184,9 @@ impl TransientCgroup {
         let path = cgroup2_mount()?.join(name);
         fs::create_dir(&path).map_err(io_err("create", &path))?;
         match Cgroup::open(&path) {
-            Ok(cgroup) => Ok(TransientCgroup { cgroup: Some(cgroup) }),
+            Ok(cgroup) => Ok(TransientCgroup {
+                cgroup: Some(cgroup),
+            }),
             Err(err) => {
                 let _ = fs::remove_dir(&path);
                 Err(err)
@@ -197,7 +226,10 @@ fn remove_cgroup(cgroup: Cgroup) -> Result<(), CgroupError> {
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         while cgroup.is_populated()? {
             if Instant::now() > deadline {
-                return Err(CgroupError::Busy { path: cgroup.path.clone(), timeout: DRAIN_TIMEOUT });
+                return Err(CgroupError::Busy {
+                    path: cgroup.path.clone(),
+                    timeout: DRAIN_TIMEOUT,
+                });
             }
             thread::sleep(Duration::from_millis(10));
         }
@@ -220,13 +252,19 @@ mod tests {
 
     #[test]
     fn finds_cgroup2_on_hybrid_hosts() {
-        assert_eq!(mount_point_of(HYBRID, "cgroup2"), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            mount_point_of(HYBRID, "cgroup2"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
         assert_eq!(mount_point_of(HYBRID, "bpf"), None);
     }
 
     #[test]
     fn unescapes_mount_points() {
         let line = "1 2 0:1 / /mnt/with\\040space rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(mount_point_of(line, "cgroup2"), Some(PathBuf::from("/mnt/with space")));
+        assert_eq!(
+            mount_point_of(line, "cgroup2"),
+            Some(PathBuf::from("/mnt/with space"))
+        );
     }
 }

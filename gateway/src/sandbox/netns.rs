@@ -18,10 +18,19 @@ use nix::sched::{CloneFlags, setns, unshare};
 pub enum NetNsError {
     /// The namespace file could not be opened.
     #[error("open network namespace {path}: {source}")]
-    Open { path: PathBuf, #[source] source: io::Error },
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// An operation inside or on a namespace failed.
     #[error("{op} (network namespace {label}): {source}")]
-    Op { op: &'static str, label: String, #[source] source: io::Error },
+    Op {
+        op: &'static str,
+        label: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A network namespace held open by file descriptor.
@@ -34,8 +43,14 @@ pub struct NetNs {
 impl NetNs {
     /// Opens a namespace file such as /run/netns/NAME or /proc/PID/ns/net.
     pub fn open(path: &Path) -> Result<Self, NetNsError> {
-        let file = File::open(path).map_err(|source| NetNsError::Open { path: path.into(), source })?;
-        Ok(NetNs { fd: file.into(), label: path.display().to_string() })
+        let file = File::open(path).map_err(|source| NetNsError::Open {
+            path: path.into(),
+            source,
+        })?;
+        Ok(NetNs {
+            fd: file.into(),
+            label: path.display().to_string(),
+        })
     }
 
     /// Creates a fresh namespace whose only interface is `lo`, brought up.
@@ -46,9 +61,15 @@ impl NetNs {
             unshare(CloneFlags::CLONE_NEWNET).map_err(|e| ("unshare", io::Error::from(e)))?;
             bring_loopback_up().map_err(|e| ("bring lo up", e))?;
             let path = "/proc/thread-self/ns/net";
-            File::open(path).map(OwnedFd::from).map_err(|e| ("open /proc/thread-self/ns/net", e))
+            File::open(path)
+                .map(OwnedFd::from)
+                .map_err(|e| ("open /proc/thread-self/ns/net", e))
         })
-        .map_err(|(op, source)| NetNsError::Op { op, label: err_label, source })?;
+        .map_err(|(op, source)| NetNsError::Op {
+            op,
+            label: err_label,
+            source,
+        })?;
         Ok(NetNs { fd, label })
     }
 
@@ -73,7 +94,11 @@ impl NetNs {
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("thread panicked")))
         })
-        .map_err(|source| NetNsError::Op { op: "setns", label: self.label.clone(), source })
+        .map_err(|source| NetNsError::Op {
+            op: "setns",
+            label: self.label.clone(),
+            source,
+        })
     }
 
     /// A duplicate of the namespace descriptor (for a child process to enter).
@@ -92,7 +117,9 @@ impl AsFd for NetNs {
 fn on_own_thread<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, (&'static str, io::Error)> + Send + 'static,
 ) -> Result<T, (&'static str, io::Error)> {
-    thread::spawn(f).join().unwrap_or_else(|_| Err(("thread", io::Error::other("panicked"))))
+    thread::spawn(f)
+        .join()
+        .unwrap_or_else(|_| Err(("thread", io::Error::other("panicked"))))
 }
 
 /// Sets IFF_UP on `lo` in the calling thread's namespace.
