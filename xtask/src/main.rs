@@ -4,8 +4,9 @@
 //! This crate depends on nothing of the workspace so that it builds before bpf-linker exists.
 
 use std::{
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Instant,
 };
 
@@ -76,28 +77,95 @@ fn test(root: &Path) -> anyhow::Result<()> {
             ],
         ),
     )?;
-    step(
-        "unit tests",
-        cargo(
-            root,
-            &[
-                "test",
-                "-p",
-                "gateway-common",
-                "-p",
-                "gateway",
-                "-p",
-                "xtask",
-            ],
-        ),
-    )?;
+    let mut tally = Tally::default();
+    let unit = cargo(
+        root,
+        &[
+            "test",
+            "-p",
+            "gateway-common",
+            "-p",
+            "gateway",
+            "-p",
+            "xtask",
+        ],
+    );
+    tally.add(test_step("unit tests", unit)?);
     step(
         "build the gateway",
         cargo(root, &["build", "-p", "gateway"]),
     )?;
     let mut integration = cargo(root, &["test", "-p", "gateway-tests"]);
     integration.env("GATEWAY_BIN", gateway_bin(root));
-    step("integration tests (privileged)", integration)
+    tally.add(test_step("integration tests (privileged)", integration)?);
+    // One closing line for the whole run, whatever order cargo printed its harnesses in.
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
+    if tally.passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+/// Passed and failed counts summed over cargo's `test result:` lines.
+#[derive(Default, Debug, PartialEq, Eq)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+    }
+
+    /// Reads `test result: ok. 8 passed; 0 failed; ...`.
+    fn parse_line(line: &str) -> Option<Tally> {
+        let rest = line.strip_prefix("test result: ")?;
+        let rest = rest.split_once(". ")?.1;
+        let count = |word: &str| {
+            rest.split(';')
+                .find_map(|part| part.trim().strip_suffix(word))
+                .and_then(|n| n.trim().parse().ok())
+        };
+        Some(Tally {
+            passed: count(" passed")?,
+            failed: count(" failed")?,
+        })
+    }
+}
+
+/// Runs a `cargo test` step, passing its stdout through while counting results.
+fn test_step(name: &str, mut command: Command) -> anyhow::Result<Tally> {
+    command.stdout(Stdio::piped());
+    eprintln!("xtask: == {name}: {command:?}");
+    let start = Instant::now();
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    let stdout = child.stdout.take().context("test stdout")?;
+    let mut tally = Tally::default();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(result) = Tally::parse_line(&line) {
+            tally.add(result);
+        }
+    }
+    let status = child.wait()?;
+    eprintln!(
+        "xtask: == {name}: {status} in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    if !status.success() {
+        println!(
+            "tests: {} passed, {} failed",
+            tally.passed,
+            tally.failed.max(1)
+        );
+        bail!("{name} failed ({status})");
+    }
+    Ok(tally)
 }
 
 fn gateway_bin(root: &Path) -> PathBuf {
@@ -126,4 +194,31 @@ fn step(name: &str, mut command: Command) -> anyhow::Result<()> {
         bail!("{name} failed ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cargo_test_result_lines() {
+        let ok = "test result: ok. 8 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.95s";
+        assert_eq!(
+            Tally::parse_line(ok),
+            Some(Tally {
+                passed: 8,
+                failed: 0
+            })
+        );
+        let failed =
+            "test result: FAILED. 2 passed; 3 failed; 0 ignored; 0 measured; 0 filtered out";
+        assert_eq!(
+            Tally::parse_line(failed),
+            Some(Tally {
+                passed: 2,
+                failed: 3
+            })
+        );
+        assert_eq!(Tally::parse_line("running 8 tests"), None);
+    }
 }
