@@ -182,3 +182,45 @@ fn exec_reports_a_missing_program() {
     );
     assert_nothing_left(pid, &before);
 }
+
+#[test]
+fn exec_cleans_up_on_ctrl_c() {
+    require_root().unwrap();
+    let before = bpffs_entries();
+    let mut command = cmd(
+        gateway_bin().unwrap().to_str().unwrap(),
+        ["exec", "--", "sleep", "30"],
+    );
+    let mut child = command
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let cgroup = cgroup2_mount().unwrap().join(format!("gateway-exec-{pid}"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cgroup.join("cgroup.procs").exists()
+        || std::fs::read_to_string(cgroup.join("cgroup.procs"))
+            .unwrap_or_default()
+            .trim()
+            .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started in {}",
+            cgroup.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signalling the child we spawned.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let started = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "exec took {:?} to stop",
+        started.elapsed()
+    );
+    // The interrupt is passed on to the command, whose death by SIGINT is reported as 128 + 2.
+    assert_eq!(status.code(), Some(130), "{status}");
+    assert_nothing_left(pid, &before);
+}
