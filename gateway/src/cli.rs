@@ -13,6 +13,9 @@ pub struct Cli {
     /// Log format on stderr (level via RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Configuration file (TOML); without it, built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -34,6 +37,18 @@ pub enum Command {
     Run(RunArgs),
     /// Run a command in a transient sandbox whose HTTPS goes through the gateway.
     Exec(ExecArgs),
+    /// The gateway's local CA (created on first use).
+    #[command(subcommand)]
+    Ca(CaCommand),
+}
+
+/// `gateway ca ...`.
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the CA certificate (PEM), for clients to trust.
+    Export,
+    /// Print the path of the CA certificate file.
+    Path,
 }
 
 /// Tunables shared by `run` and `exec`.

@@ -12,6 +12,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
+    config::TlsConfig,
     ebpf::{Attachment, EbpfError, PinDir, Programs},
     net::listener::{self, ListenError, SandboxContext},
     sandbox::{
@@ -19,6 +20,7 @@ use crate::{
         cgroup::{Cgroup, CgroupError},
         netns::{NetNs, NetNsError},
     },
+    tls::{TlsContext, TlsSetupError, ca::gateway_home},
 };
 
 /// Errors starting or running the gateway.
@@ -38,6 +40,9 @@ pub enum DaemonError {
     /// Loading, attaching or pinning eBPF failed.
     #[error(transparent)]
     Ebpf(#[from] EbpfError),
+    /// The CA or an upstream connector could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
     /// Pinning failed.
     #[error(transparent)]
     Pin(#[from] crate::ebpf::pins::PinError),
@@ -72,8 +77,10 @@ pub fn require_root() -> Result<(), DaemonError> {
 }
 
 /// Tunables shared by every sandbox.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct EngineOptions {
+    /// TLS interception settings (from the config file).
+    pub tls: TlsConfig,
     /// How long an upstream connect may take.
     pub connect_timeout: Duration,
     /// How long shutdown waits for open connections before closing them.
@@ -92,6 +99,7 @@ struct Served {
 #[derive(Debug)]
 pub struct Engine {
     programs: Programs,
+    tls: Arc<TlsContext>,
     options: EngineOptions,
     served: Vec<Served>,
     accept_loops: JoinSet<()>,
@@ -111,8 +119,11 @@ pub struct SandboxInfo {
 impl Engine {
     /// Loads the programs, pinning state in `pins` when given.
     pub fn new(pins: Option<PinDir>, options: EngineOptions) -> Result<Self, DaemonError> {
+        // TLS state first: a bad CA or CA file fails before anything is loaded.
+        let tls = Arc::new(TlsContext::new(&options.tls, &gateway_home())?);
         Ok(Engine {
             programs: Programs::load(pins)?,
+            tls,
             options,
             served: Vec::new(),
             accept_loops: JoinSet::new(),
@@ -150,6 +161,7 @@ impl Engine {
             id,
             orig_dst: self.programs.orig_dst(),
             connect_timeout: self.options.connect_timeout,
+            tls: Arc::clone(&self.tls),
             connections: self.connections.clone(),
             cancel: self.cancel.clone(),
         });
@@ -177,12 +189,20 @@ impl Engine {
         }
     }
 
-    /// Current eBPF counters, as `name=value` pairs for a log line.
+    /// Current counters (eBPF and daemon), as `name=value` pairs for a log line.
     pub fn counters(&self) -> String {
         match self.programs.counters() {
-            Ok(counters) => format_counters(&counters),
+            Ok(mut counters) => {
+                counters.insert("certs_generated", self.tls.certs.generated());
+                format_counters(&counters)
+            }
             Err(err) => format!("unavailable: {err}"),
         }
+    }
+
+    /// The gateway CA's certificate (PEM), for clients' trust.
+    pub fn ca_pem(&self) -> &str {
+        self.tls.ca.cert_pem()
     }
 
     /// Detaches every sandbox and stops accepting; lets open connections finish for up to
@@ -261,7 +281,7 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         opened.push((spec, cgroup, netns));
     }
     let pins = PinDir::create(&options.pin_dir)?;
-    let mut engine = Engine::new(Some(pins), options.engine)?;
+    let mut engine = Engine::new(Some(pins), options.engine.clone())?;
     for (spec, cgroup, netns) in opened {
         let info = engine.add_sandbox(&cgroup, netns.as_ref(), &spec.ports)?;
         info!(

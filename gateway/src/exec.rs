@@ -1,7 +1,14 @@
 //! `gateway exec`: run one command in a transient sandbox whose HTTPS goes through an in-process
 //! gateway, and remove everything created when it exits.
 
-use std::{ffi::OsString, process::Command};
+use std::{
+    ffi::OsString,
+    fs,
+    io::Write as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use nix::{sys::signal::Signal, unistd::Pid};
 use tracing::{info, warn};
@@ -35,6 +42,13 @@ pub enum ExecError {
         #[source]
         source: std::io::Error,
     },
+    /// The trust bundle for the command could not be written.
+    #[error("writing the trust bundle {path}: {source}")]
+    Bundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Removing the transient cgroup failed.
     #[error("cleaning up: {0}")]
     Cleanup(#[from] CgroupError),
@@ -64,7 +78,8 @@ pub async fn exec(options: ExecOptions) -> Result<i32, ExecError> {
         .then(|| NetNs::new_isolated(&name))
         .transpose()
         .map_err(DaemonError::from)?;
-    let mut engine = Engine::new(None, options.engine)?;
+    let mut engine = Engine::new(None, options.engine.clone())?;
+    let bundle = TrustBundle::write(&name, engine.ca_pem())?;
     let sandbox = engine.add_sandbox(cgroup.cgroup(), netns.as_ref(), &options.ports)?;
     info!(
         sandbox = %sandbox.id, cgroup = %cgroup.cgroup().path().display(),
@@ -73,7 +88,14 @@ pub async fn exec(options: ExecOptions) -> Result<i32, ExecError> {
         "sandbox ready"
     );
 
-    let status = run_child(&options.command, &cgroup, netns.as_ref(), &mut signals).await;
+    let status = run_child(
+        &options.command,
+        &cgroup,
+        netns.as_ref(),
+        &bundle,
+        &mut signals,
+    )
+    .await;
     let counters = engine.shutdown(options.engine.drain_timeout).await;
     info!(counters, "sandbox done");
     cgroup.remove()?;
@@ -85,6 +107,7 @@ async fn run_child(
     command: &[OsString],
     cgroup: &TransientCgroup,
     netns: Option<&NetNs>,
+    bundle: &TrustBundle,
     signals: &mut Signals,
 ) -> Result<i32, ExecError> {
     let program = command.first().cloned().unwrap_or_default();
@@ -93,6 +116,9 @@ async fn run_child(
         .die_with_parent();
     let mut std_command = Command::new(&program);
     std_command.args(&command[1..]);
+    for var in TRUST_VARS {
+        std_command.env(var, &bundle.path);
+    }
     confinement.apply(&mut std_command);
     let mut child = tokio::process::Command::from(std_command)
         .kill_on_drop(true)
@@ -119,4 +145,75 @@ async fn run_child(
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Environment variables through which common TLS stacks (OpenSSL, curl, Python requests,
+/// Node.js) pick up the trust bundle.
+const TRUST_VARS: [&str; 4] = [
+    "SSL_CERT_FILE",
+    "CURL_CA_BUNDLE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+];
+
+/// Where Debian, Fedora and Alpine-likes keep the system's trusted roots.
+const SYSTEM_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// System roots plus the gateway CA, in a file removed when the command is done.
+#[derive(Debug)]
+struct TrustBundle {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl TrustBundle {
+    fn write(name: &str, ca_pem: &str) -> Result<Self, ExecError> {
+        let dir = std::env::temp_dir().join(name);
+        let bundle_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ExecError::Bundle { path, source }
+        };
+        fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&dir)
+            .map_err(bundle_err(&dir))?;
+        let bundle = TrustBundle {
+            path: dir.join("ca-bundle.pem"),
+            dir,
+        };
+        let mut contents = match SYSTEM_BUNDLES
+            .iter()
+            .find_map(|p| fs::read_to_string(p).ok())
+        {
+            Some(system) => system,
+            None => {
+                warn!("no system CA bundle found; the command trusts only the gateway CA");
+                String::new()
+            }
+        };
+        if !contents.is_empty() && !contents.ends_with('\n') {
+            contents.push('\n');
+        }
+        contents.push_str(ca_pem);
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&bundle.path)
+            .map_err(bundle_err(&bundle.path))?;
+        file.write_all(contents.as_bytes())
+            .map_err(bundle_err(&bundle.path))?;
+        Ok(bundle)
+    }
+}
+
+impl Drop for TrustBundle {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+        let _ = fs::remove_dir(&self.dir);
+    }
 }

@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use anyhow::anyhow;
 use clap::Parser as _;
 use gateway::{
-    cli::{Cli, Command, EngineArgs, NetnsMode},
+    cli::{CaCommand, Cli, Command, EngineArgs, NetnsMode},
+    config::Config,
     daemon::{self, EngineOptions, RunOptions},
     exec::{self, ExecOptions},
     logging,
     sandbox::DEFAULT_PORTS,
+    tls::ca::{CertAuthority, gateway_home, locate},
 };
 
 fn main() -> ExitCode {
@@ -25,22 +27,44 @@ fn main() -> ExitCode {
     }
 }
 
-fn engine(args: &EngineArgs) -> EngineOptions {
+fn engine(args: &EngineArgs, config: &Config) -> EngineOptions {
     EngineOptions {
+        tls: config.tls.clone(),
         connect_timeout: args.connect_timeout,
         drain_timeout: args.drain_timeout,
     }
 }
 
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| anyhow!("starting the async runtime: {e}"))?;
+    let config = load_config(cli.config.as_deref())?;
     match cli.command {
+        Command::Ca(command) => {
+            let home = gateway_home();
+            match command {
+                CaCommand::Path => {
+                    println!("{}", locate(config.tls.ca.as_ref(), &home).cert.display())
+                }
+                CaCommand::Export => print!(
+                    "{}",
+                    CertAuthority::resolve(config.tls.ca.as_ref(), &home)?.cert_pem()
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(args) => {
             let options = RunOptions {
                 sandboxes: args.sandboxes,
                 pin_dir: args.pin_dir,
-                engine: engine(&args.engine),
+                engine: engine(&args.engine, &config),
             };
             runtime.block_on(daemon::run(options))?;
             Ok(ExitCode::SUCCESS)
@@ -54,7 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = ExecOptions {
                 new_netns: args.netns == Some(NetnsMode::New),
                 ports,
-                engine: engine(&args.engine),
+                engine: engine(&args.engine, &config),
                 command: args.command,
             };
             let code = runtime.block_on(exec::exec(options))?;

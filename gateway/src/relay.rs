@@ -2,10 +2,7 @@
 
 use std::io;
 
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Size of each direction's copy buffer.
 const BUF_SIZE: usize = 16 * 1024;
@@ -34,9 +31,14 @@ pub struct RelayError {
 
 /// Copies both ways until both sides have closed their sending half. An EOF from one side is
 /// passed on as a shutdown of the other side's write half, so half-closed protocols work.
-pub async fn relay(client: TcpStream, upstream: TcpStream) -> Result<RelayStats, RelayError> {
-    let (mut client_rx, mut client_tx) = client.into_split();
-    let (mut upstream_rx, mut upstream_tx) = upstream.into_split();
+/// Works on plain TCP and on TLS streams alike.
+pub async fn relay<C, U>(client: C, upstream: U) -> Result<RelayStats, RelayError>
+where
+    C: AsyncRead + AsyncWrite,
+    U: AsyncRead + AsyncWrite,
+{
+    let (mut client_rx, mut client_tx) = tokio::io::split(client);
+    let (mut upstream_rx, mut upstream_tx) = tokio::io::split(upstream);
     let mut stats = RelayStats::default();
     let result = tokio::try_join!(
         pump(
@@ -74,7 +76,12 @@ where
 {
     let mut buf = vec![0u8; BUF_SIZE];
     loop {
-        let n = rx.read(&mut buf).await.map_err(|e| (direction, e))?;
+        let n = match rx.read(&mut buf).await {
+            Ok(n) => n,
+            // A TLS peer that closes without close_notify: many servers do; the data is complete.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err((direction, e)),
+        };
         if n == 0 {
             return tx.shutdown().await.map_err(|e| (direction, e));
         }
@@ -86,7 +93,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

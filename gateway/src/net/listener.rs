@@ -1,5 +1,6 @@
 //! A sandbox's listener: bound to 127.0.0.1 and ::1 inside the sandbox's network namespace,
-//! accepting redirected connections and relaying each to its original destination.
+//! accepting redirected connections and handing each, with its original destination, to the
+//! interception flow.
 
 use std::{
     io,
@@ -9,15 +10,22 @@ use std::{
 };
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::AsyncWriteExt as _,
+    net::{TcpListener, TcpStream},
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
     ebpf::{EbpfError, OrigDstTable},
     net::{ClientAddr, OrigDst},
-    relay::{RelayError, RelayStats, relay},
+    relay::RelayStats,
     sandbox::{SandboxId, netns::NetNs},
+    tls::{
+        TlsContext,
+        intercept::{self, ConnInfo, InterceptError},
+    },
 };
 
 /// Pending-connection queue of each listening socket.
@@ -56,22 +64,22 @@ pub enum ConnError {
     /// Reading `ORIG_DST` failed.
     #[error(transparent)]
     Lookup(#[from] EbpfError),
-    /// The upstream could not be reached.
-    #[error("connecting to {dst}: {source}")]
-    Connect {
-        dst: OrigDst,
-        #[source]
-        source: io::Error,
-    },
-    /// The upstream did not accept in time.
-    #[error("connecting to {dst}: no answer within {timeout:?}")]
-    ConnectTimeout { dst: OrigDst, timeout: Duration },
     /// The gateway stopped before the connection ended.
     #[error("gateway shutting down; connection closed")]
     Shutdown,
-    /// The relay failed midway.
+    /// Reading the ClientHello, reaching the upstream, TLS or the relay failed.
     #[error(transparent)]
-    Relay(#[from] RelayError),
+    Intercept(#[from] InterceptError),
+}
+
+impl ConnError {
+    /// Bytes moved before the failure.
+    fn stats(&self) -> RelayStats {
+        match self {
+            ConnError::Intercept(InterceptError::Relay(relay)) => relay.stats,
+            _ => RelayStats::default(),
+        }
+    }
 }
 
 /// The listening sockets of one sandbox.
@@ -151,6 +159,8 @@ pub struct SandboxContext {
     pub orig_dst: OrigDstTable,
     /// How long an upstream connect may take.
     pub connect_timeout: Duration,
+    /// TLS interception state shared by every sandbox.
+    pub tls: Arc<TlsContext>,
     /// Tracks connection tasks, so shutdown can let them finish.
     pub connections: TaskTracker,
     /// Cancelled when the gateway stops waiting for connections to finish.
@@ -186,33 +196,34 @@ pub async fn serve(listener: TcpListener, ctx: Arc<SandboxContext>) {
     }
 }
 
-/// Relays one connection and logs one line about it.
+/// Handles one connection and logs one line about it.
 async fn handle(stream: TcpStream, client: ClientAddr, ctx: &SandboxContext) {
     let start = Instant::now();
-    let mut route = Route::default();
+    let mut orig_dst = None;
+    let mut info = ConnInfo::default();
     let result = tokio::select! {
-        result = try_handle(stream, client, ctx, &mut route) => result,
+        result = try_handle(stream, client, ctx, &mut orig_dst, &mut info) => result,
         () = ctx.cancel.cancelled() => Err(ConnError::Shutdown),
     };
     let duration_ms = start.elapsed().as_millis() as u64;
-    let orig_dst = route.orig_dst.map(|d| d.to_string()).unwrap_or_default();
-    let upstream_local = route
+    let orig_dst = orig_dst.map(|d| d.to_string()).unwrap_or_default();
+    let upstream_local = info
         .upstream_local
         .map(|a| a.to_string())
         .unwrap_or_default();
+    let sni = info.sni.as_deref().unwrap_or("");
+    let alpn = info.alpn.as_deref().unwrap_or("");
+    let mode = info.mode.as_str();
     match result {
         Ok(stats) => info!(
-            sandbox = %ctx.id, client = %client, orig_dst, upstream_local, mode = "relay",
+            sandbox = %ctx.id, client = %client, orig_dst, sni, mode, alpn, upstream_local,
             bytes_up = stats.bytes_up, bytes_down = stats.bytes_down, duration_ms, outcome = "ok",
             "connection closed"
         ),
         Err(err) => {
-            let stats = match &err {
-                ConnError::Relay(relay) => relay.stats,
-                _ => RelayStats::default(),
-            };
+            let stats = err.stats();
             warn!(
-                sandbox = %ctx.id, client = %client, orig_dst, upstream_local, mode = "relay",
+                sandbox = %ctx.id, client = %client, orig_dst, sni, mode, alpn, upstream_local,
                 bytes_up = stats.bytes_up, bytes_down = stats.bytes_down, duration_ms,
                 outcome = "error", error = %err,
                 "connection failed"
@@ -221,38 +232,24 @@ async fn handle(stream: TcpStream, client: ClientAddr, ctx: &SandboxContext) {
     }
 }
 
-/// What is known about a connection's path, for its log line.
-#[derive(Debug, Default)]
-struct Route {
-    orig_dst: Option<OrigDst>,
-    upstream_local: Option<SocketAddr>,
-}
-
 async fn try_handle(
-    stream: TcpStream,
+    mut stream: TcpStream,
     client: ClientAddr,
     ctx: &SandboxContext,
-    route: &mut Route,
+    orig_dst: &mut Option<OrigDst>,
+    info: &mut ConnInfo,
 ) -> Result<RelayStats, ConnError> {
-    let entry = ctx
-        .orig_dst
-        .take(&client.key(ctx.id))?
-        .ok_or(ConnError::NotRedirected)?;
+    let entry = ctx.orig_dst.take(&client.key(ctx.id))?;
+    let Some(entry) = entry else {
+        let _ = stream.shutdown().await;
+        return Err(ConnError::NotRedirected);
+    };
     let dst = OrigDst::from(entry);
-    route.orig_dst = Some(dst);
+    *orig_dst = Some(dst);
     if dst.is_host_local() {
         return Err(ConnError::HostLocal { dst });
     }
-    let upstream = tokio::time::timeout(ctx.connect_timeout, TcpStream::connect(dst.0))
-        .await
-        .map_err(|_| ConnError::ConnectTimeout {
-            dst,
-            timeout: ctx.connect_timeout,
-        })?
-        .map_err(|source| ConnError::Connect { dst, source })?;
-    route.upstream_local = upstream.local_addr().ok();
     // Both legs carry small interactive writes (TLS handshakes): do not delay them.
     let _ = stream.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
-    Ok(relay(stream, upstream).await?)
+    Ok(intercept::handle(stream, dst, &ctx.tls, ctx.connect_timeout, info).await?)
 }
