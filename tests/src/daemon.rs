@@ -13,17 +13,22 @@ use serde_json::Value;
 
 use crate::{cmd, gateway_bin, unique};
 
-/// A running daemon with its own pin directory.
+/// A running daemon with its own pin directory, `$GATEWAY_HOME` (so its own CA) and config.
 #[derive(Debug)]
 pub struct Daemon {
     child: Option<Child>,
     pin_dir: PathBuf,
+    home_dir: tempfile::TempDir,
     logs: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Daemon {
-    /// Starts `gateway run` with one `--sandbox` per spec and waits for "gateway ready".
-    pub fn start(sandboxes: &[String]) -> anyhow::Result<Self> {
+    /// Starts `gateway run` with one `--sandbox` per spec and the TOML `config`, and waits for
+    /// "gateway ready".
+    pub fn start(sandboxes: &[String], config: &str) -> anyhow::Result<Self> {
+        let home_dir = tempfile::tempdir()?;
+        let config_file = home_dir.path().join("gateway.toml");
+        std::fs::write(&config_file, config)?;
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("gwtest-"));
         let mut command = cmd(
             gateway_bin()?.to_str().context("path")?,
@@ -35,6 +40,9 @@ impl Daemon {
         command
             .arg("--pin-dir")
             .arg(&pin_dir)
+            .arg("--config")
+            .arg(&config_file)
+            .env("GATEWAY_HOME", home_dir.path())
             .env("RUST_LOG", "info");
         let mut child = command
             .stderr(Stdio::piped())
@@ -53,10 +61,21 @@ impl Daemon {
         let mut daemon = Daemon {
             child: Some(child),
             pin_dir,
+            home_dir,
             logs,
         };
         daemon.wait_for_message("gateway ready", Duration::from_secs(30))?;
         Ok(daemon)
+    }
+
+    /// The daemon's CA certificate, what sandbox clients must trust.
+    pub fn ca_file(&self) -> PathBuf {
+        self.home_dir.path().join("tls/ca.crt")
+    }
+
+    /// The daemon's `$GATEWAY_HOME`.
+    pub fn home(&self) -> &Path {
+        self.home_dir.path()
     }
 
     /// The daemon's pin directory.

@@ -57,6 +57,11 @@ impl TestPki {
         self.dir.path().join("ca.pem")
     }
 
+    /// A gateway config (TOML) trusting this CA for every upstream.
+    pub fn trusted_config(&self) -> String {
+        format!("[tls]\nextra_ca_files = [{:?}]\n", self.ca_file())
+    }
+
     /// The directory the files live in.
     pub fn dir(&self) -> &Path {
         self.dir.path()

@@ -5,7 +5,11 @@
     reason = "a test fails loudly, with the error, on any setup failure"
 )]
 
-use std::{net::IpAddr, path::PathBuf, process::Output};
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::Output,
+};
 
 use gateway::sandbox::cgroup::cgroup2_mount;
 use gateway_tests::{
@@ -36,9 +40,21 @@ fn site(pki: &TestPki) -> Site {
     }
 }
 
-/// Runs `gateway exec [extra] -- argv...` and returns its output and the pid it ran as.
-fn gateway_exec(extra: &[&str], argv: &[&str]) -> (Output, u32) {
+/// A `$GATEWAY_HOME` with a config trusting `pki` (if any) for upstreams.
+fn home(pki: Option<&TestPki>) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let config = pki.map(TestPki::trusted_config).unwrap_or_default();
+    std::fs::write(home.path().join("gateway.toml"), config).unwrap();
+    home
+}
+
+/// Runs `gateway exec [extra] -- argv...` with `home` and returns its output and the pid it ran as.
+fn gateway_exec(home: &Path, extra: &[&str], argv: &[&str]) -> (Output, u32) {
     let mut command = cmd(gateway_bin().unwrap().to_str().unwrap(), ["exec"]);
+    command
+        .arg("--config")
+        .arg(home.join("gateway.toml"))
+        .env("GATEWAY_HOME", home);
     command.args(extra).arg("--").args(argv);
     let child = command
         .stdout(std::process::Stdio::piped())
@@ -49,15 +65,14 @@ fn gateway_exec(extra: &[&str], argv: &[&str]) -> (Output, u32) {
     (child.wait_with_output().unwrap(), pid)
 }
 
-fn curl_args(pki: &TestPki, ip: IpAddr) -> Vec<String> {
+/// curl relying on the trust bundle `gateway exec` hands it (no --cacert).
+fn curl_args(ip: IpAddr) -> Vec<String> {
     vec![
         "curl".into(),
         "-sS".into(),
         "--fail".into(),
         "--max-time".into(),
         "15".into(),
-        "--cacert".into(),
-        pki.ca_file().display().to_string(),
         "--resolve".into(),
         format!("exec.test:443:{ip}"),
         "https://exec.test/".into(),
@@ -92,9 +107,10 @@ fn exec_relays_curl_and_cleans_up() {
     let site = site(&pki);
     let before = bpffs_entries();
 
-    let args = curl_args(&pki, site.host.v4.into());
+    let args = curl_args(site.host.v4.into());
+    let home = home(Some(&pki));
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (output, pid) = gateway_exec(&[], &argv);
+    let (output, pid) = gateway_exec(home.path(), &[], &argv);
     let body: Value = serde_json::from_str(&stdout_ok(&output).unwrap()).unwrap();
     assert_eq!(body["name"], "exec.test");
     assert!(
@@ -120,15 +136,16 @@ fn exec_with_new_netns_still_reaches_upstream() {
     let before = bpffs_entries();
 
     // The command sees only loopback...
-    let (output, _) = gateway_exec(&["--netns", "new"], &["ip", "-o", "link"]);
+    let home = home(Some(&pki));
+    let (output, _) = gateway_exec(home.path(), &["--netns", "new"], &["ip", "-o", "link"]);
     let links = stdout_ok(&output).unwrap();
     assert_eq!(links.lines().count(), 1, "{links}");
     assert!(links.contains("lo:"), "{links}");
 
     // ...and still reaches the upstream, through the gateway.
-    let args = curl_args(&pki, site.host.v4.into());
+    let args = curl_args(site.host.v4.into());
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (output, pid) = gateway_exec(&["--netns", "new"], &argv);
+    let (output, pid) = gateway_exec(home.path(), &["--netns", "new"], &argv);
     let body: Value = serde_json::from_str(&stdout_ok(&output).unwrap()).unwrap();
     assert_eq!(body["name"], "exec.test");
     assert_nothing_left(pid, &before);
@@ -139,7 +156,12 @@ fn exec_returns_the_exit_code_and_kills_leftover_processes() {
     require_root().unwrap();
     let before = bpffs_entries();
     // A background process that would outlive the command must not outlive the sandbox.
-    let (output, pid) = gateway_exec(&[], &["sh", "-c", "sleep 600 & echo $!; exit 7"]);
+    let home = home(None);
+    let (output, pid) = gateway_exec(
+        home.path(),
+        &[],
+        &["sh", "-c", "sleep 600 & echo $!; exit 7"],
+    );
     assert_eq!(output.status.code(), Some(7), "{output:?}");
     let sleeper: u32 = String::from_utf8_lossy(&output.stdout)
         .trim()
@@ -173,7 +195,8 @@ fn is_alive(pid: u32) -> bool {
 fn exec_reports_a_missing_program() {
     require_root().unwrap();
     let before = bpffs_entries();
-    let (output, pid) = gateway_exec(&[], &["/nonexistent/program"]);
+    let home = home(None);
+    let (output, pid) = gateway_exec(home.path(), &[], &["/nonexistent/program"]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -5,7 +5,7 @@
     reason = "a test fails loudly, with the error, on any setup failure"
 )]
 
-use std::{net::IpAddr, process::Command, time::Duration};
+use std::{net::IpAddr, path::Path, process::Command, time::Duration};
 
 use gateway_common::Counter;
 use gateway_tests::{
@@ -51,14 +51,14 @@ impl Site {
     }
 }
 
-/// curl https://<site>/ resolved to the site's address of the given family.
-fn curl(pki: &TestPki, site: &Site, v6: bool) -> Command {
+/// curl https://<site>/ resolved to the site's address of the given family, trusting `ca`.
+fn curl(ca: &Path, site: &Site, v6: bool) -> Command {
     let ip = match site.host.addr(v6) {
         IpAddr::V6(ip) => format!("[{ip}]"),
         ip => ip.to_string(),
     };
     let mut command = cmd("curl", ["-sS", "--fail", "--max-time", "15", "--cacert"]);
-    command.arg(pki.ca_file());
+    command.arg(ca);
     command.args([
         "--resolve",
         &format!("{}:443:{ip}", site.name),
@@ -95,9 +95,16 @@ fn sandbox_curl_goes_through_gateway(v6: bool) {
     let pki = TestPki::new("gateway-tests upstream CA").unwrap();
     let site = Site::start(&pki, "up-a.test");
     let cgroup = SandboxCgroup::new().unwrap();
-    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
+    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
 
-    let body = json(&stdout_ok(&cgroup.output(None, &mut curl(&pki, &site, v6)).unwrap()).unwrap());
+    let body = json(
+        &stdout_ok(
+            &cgroup
+                .output(None, &mut curl(&daemon.ca_file(), &site, v6))
+                .unwrap(),
+        )
+        .unwrap(),
+    );
     assert_eq!(body["name"], "up-a.test");
     let peer = body["peer"].as_str().unwrap().to_string();
     let host_side = site.host.host_addr(v6).to_string();
@@ -143,12 +150,12 @@ fn parallel_connections_reach_their_own_destinations() {
     let a = Site::start(&pki, "up-a.test");
     let b = Site::start(&pki, "up-b.test");
     let cgroup = SandboxCgroup::new().unwrap();
-    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
+    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
 
     let mut client = cmd("python3", [py_script("client.py")]);
     client
         .args(["parallel", "--count", "50", "--cafile"])
-        .arg(pki.ca_file());
+        .arg(daemon.ca_file());
     for site in [&a, &b] {
         client.args([
             "--target",
@@ -196,10 +203,10 @@ fn outside_processes_and_other_ports_are_untouched() {
     let pki = TestPki::new("gateway-tests upstream CA").unwrap();
     let site = Site::start(&pki, "up-a.test");
     let cgroup = SandboxCgroup::new().unwrap();
-    let daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
+    let daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
 
     // Not in the cgroup: reaches the upstream directly.
-    let body = json(&stdout_ok(&curl(&pki, &site, false).output().unwrap()).unwrap());
+    let body = json(&stdout_ok(&curl(&pki.ca_file(), &site, false).output().unwrap()).unwrap());
     assert_eq!(body["name"], "up-a.test");
 
     // In the cgroup, to a port that is not intercepted.
@@ -233,19 +240,23 @@ fn sandbox_with_only_loopback_reaches_upstream_through_gateway() {
 
     // Without the gateway the sandbox's namespace has no route anywhere.
     let direct = cgroup
-        .output(Some(&netns), &mut curl(&pki, &site, false))
+        .output(Some(&netns), &mut curl(&pki.ca_file(), &site, false))
         .unwrap();
     assert!(
         !direct.status.success(),
         "reached upstream without the gateway"
     );
 
-    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, Some(&netns))]).unwrap();
+    let mut daemon = Daemon::start(
+        &[sandbox_spec(&cgroup, Some(&netns))],
+        &pki.trusted_config(),
+    )
+    .unwrap();
     for v6 in [false, true] {
         let body = json(
             &stdout_ok(
                 &cgroup
-                    .output(Some(&netns), &mut curl(&pki, &site, v6))
+                    .output(Some(&netns), &mut curl(&daemon.ca_file(), &site, v6))
                     .unwrap(),
             )
             .unwrap(),
@@ -265,7 +276,7 @@ fn sandbox_with_only_loopback_reaches_upstream_through_gateway() {
 fn dialling_the_listener_directly_is_refused() {
     require_root().unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
-    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
+    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], "").unwrap();
     let port = daemon.listener_port(1).unwrap();
 
     let mut client = cmd("python3", [py_script("client.py")]);
@@ -293,15 +304,22 @@ fn sandbox_traffic_fails_closed_when_the_daemon_dies() {
     let pki = TestPki::new("gateway-tests upstream CA").unwrap();
     let site = Site::start(&pki, "up-a.test");
     let cgroup = SandboxCgroup::new().unwrap();
-    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
-    stdout_ok(&cgroup.output(None, &mut curl(&pki, &site, false)).unwrap()).unwrap();
+    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
+    stdout_ok(
+        &cgroup
+            .output(None, &mut curl(&daemon.ca_file(), &site, false))
+            .unwrap(),
+    )
+    .unwrap();
 
     daemon.crash().unwrap();
     assert!(
         daemon.pin_dir().join("links").read_dir().unwrap().count() == 3,
         "links must stay pinned"
     );
-    let after = cgroup.output(None, &mut curl(&pki, &site, false)).unwrap();
+    let after = cgroup
+        .output(None, &mut curl(&daemon.ca_file(), &site, false))
+        .unwrap();
     assert!(
         !after.status.success(),
         "sandbox reached upstream with the daemon dead: {after:?}"
@@ -314,7 +332,7 @@ fn sandbox_traffic_fails_closed_when_the_daemon_dies() {
 fn clean_stop_detaches_and_unpins() {
     require_root().unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
-    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)]).unwrap();
+    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], "").unwrap();
     let tree = stdout_ok(
         &cmd("bpftool", ["cgroup", "show"])
             .arg(cgroup.path())
