@@ -535,7 +535,6 @@ fn plain_tcp(raw: &RawPlainTcp) -> PlainTcp {
 }
 
 #[cfg(test)]
-#[expect(clippy::unwrap_used, reason = "tests fail loudly on unexpected errors")]
 mod tests {
     use super::*;
 

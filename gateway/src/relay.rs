@@ -1,6 +1,9 @@
 //! Byte relay between a sandbox connection and its upstream, half-close aware.
 
-use std::io;
+use std::{
+    io,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -40,18 +43,24 @@ where
     let (mut client_rx, mut client_tx) = tokio::io::split(client);
     let (mut upstream_rx, mut upstream_tx) = tokio::io::split(upstream);
     let mut stats = RelayStats::default();
+    let (up_done, down_done) = (AtomicBool::new(false), AtomicBool::new(false));
+    let up = Direction {
+        name: "client->upstream",
+        done: &up_done,
+        other_done: &down_done,
+    };
+    let down = Direction {
+        name: "upstream->client",
+        done: &down_done,
+        other_done: &up_done,
+    };
     let result = tokio::try_join!(
-        pump(
-            &mut client_rx,
-            &mut upstream_tx,
-            &mut stats.bytes_up,
-            "client->upstream"
-        ),
+        pump(&mut client_rx, &mut upstream_tx, &mut stats.bytes_up, up),
         pump(
             &mut upstream_rx,
             &mut client_tx,
             &mut stats.bytes_down,
-            "upstream->client"
+            down
         ),
     );
     match result {
@@ -64,11 +73,19 @@ where
     }
 }
 
+/// One direction of a relay, and what it knows of the other.
+#[derive(Clone, Copy)]
+struct Direction<'a> {
+    name: &'static str,
+    done: &'a AtomicBool,
+    other_done: &'a AtomicBool,
+}
+
 async fn pump<R, W>(
     rx: &mut R,
     tx: &mut W,
     count: &mut u64,
-    direction: &'static str,
+    dir: Direction<'_>,
 ) -> Result<(), (&'static str, io::Error)>
 where
     R: AsyncRead + Unpin,
@@ -78,15 +95,28 @@ where
     loop {
         let n = match rx.read(&mut buf).await {
             Ok(n) => n,
-            // A TLS peer that closes without close_notify: many servers do; the data is complete.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
-            Err(e) => return Err((direction, e)),
+            Err(e) if is_normal_close(&e, dir) => 0,
+            Err(e) => return Err((dir.name, e)),
         };
         if n == 0 {
-            return tx.shutdown().await.map_err(|e| (direction, e));
+            dir.done.store(true, Ordering::Release);
+            // The peer may be gone already; everything it should get has been written.
+            let _ = tx.shutdown().await;
+            return Ok(());
         }
-        tx.write_all(&buf[..n]).await.map_err(|e| (direction, e))?;
+        tx.write_all(&buf[..n]).await.map_err(|e| (dir.name, e))?;
         *count += n as u64;
+    }
+}
+
+/// Read errors that end a direction without losing anything: a TLS peer closing without
+/// close_notify (many servers do), or a reset once the other direction has finished (clients
+/// that close with unread data, such as our close_notify, reset instead of closing).
+fn is_normal_close(err: &io::Error, dir: Direction<'_>) -> bool {
+    match err.kind() {
+        io::ErrorKind::UnexpectedEof => true,
+        io::ErrorKind::ConnectionReset => dir.other_done.load(Ordering::Acquire),
+        _ => false,
     }
 }
 

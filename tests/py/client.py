@@ -6,7 +6,15 @@ client.py parallel --cafile CA --count N --target NAME=IP[:PORT] [--target ...]
   list of {"target", "answered_by", "peer"} or {"target", "error"}.
 client.py connect HOST PORT
   Connects, reads until EOF (or 5 s), prints JSON {"connected", "received", "error"}.
+client.py raw HOST PORT HEX WAIT
+  Connects, sends the bytes HEX (may be empty), then reads until EOF or WAIT seconds; prints JSON
+  {"closed_by_peer", "elapsed", "received_hex", "error"}.
+client.py urllib URL [--cafile CA]
+  Fetches URL with urllib (default trust unless --cafile) and prints JSON {"status", "body",
+  "issuer", "subject_alt_names"} of the certificate the client was shown.
 """
+import time
+import urllib.request
 import argparse
 import http.client
 import json
@@ -69,6 +77,45 @@ def connect(args):
     print(json.dumps(out))
 
 
+def raw(args):
+    out = {"closed_by_peer": False, "elapsed": None, "received_hex": "", "error": None}
+    start = time.monotonic()
+    try:
+        sock = socket.create_connection((args.host, args.port), timeout=args.wait)
+        if args.hex:
+            sock.sendall(bytes.fromhex(args.hex))
+        data = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                out["closed_by_peer"] = True
+                break
+            data += chunk
+        out["received_hex"] = data.hex()
+    except socket.timeout:
+        out["error"] = "timeout"
+    except ConnectionResetError:
+        out["closed_by_peer"] = True
+    except Exception as exc:
+        out["error"] = repr(exc)
+    out["elapsed"] = time.monotonic() - start
+    print(json.dumps(out))
+
+
+def fetch_urllib(args):
+    context = ssl.create_default_context(cafile=args.cafile) if args.cafile else ssl.create_default_context()
+    with urllib.request.urlopen(args.url, context=context, timeout=20) as resp:
+        # The socket is released once the body is read: take the certificate first.
+        cert = resp.fp.raw._sock.getpeercert()
+        body = resp.read().decode(errors="replace")
+        print(json.dumps({
+            "status": resp.status,
+            "body": body,
+            "issuer": dict(x[0] for x in cert.get("issuer", ())),
+            "subject_alt_names": [list(x) for x in cert.get("subjectAltName", ())],
+        }))
+
+
 def main():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -79,8 +126,17 @@ def main():
     c = sub.add_parser("connect")
     c.add_argument("host")
     c.add_argument("port", type=int)
+    r = sub.add_parser("raw")
+    r.add_argument("host")
+    r.add_argument("port", type=int)
+    r.add_argument("hex")
+    r.add_argument("wait", type=float)
+    u = sub.add_parser("urllib")
+    u.add_argument("url")
+    u.add_argument("--cafile")
     args = parser.parse_args()
-    return parallel(args) if args.cmd == "parallel" else connect(args)
+    commands = {"parallel": parallel, "connect": connect, "raw": raw, "urllib": fetch_urllib}
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":

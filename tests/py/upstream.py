@@ -35,8 +35,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/bytes/"):
             n = int(self.path.split("/")[2])
-            rng = random.Random(n)
-            self._send(200, rng.randbytes(n), "application/octet-stream")
+            body = random.Random(n).randbytes(n)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(n))
+            # Computed here, compared by the test with what the client received.
+            self.send_header("X-Content-Sha256", hashlib.sha256(body).hexdigest())
+            self.end_headers()
+            self.wfile.write(body)
             return
         peer = self.client_address
         local = self.connection.getsockname()

@@ -4,6 +4,7 @@
 
 pub mod daemon;
 pub mod net;
+pub mod nginx;
 pub mod pki;
 pub mod sandbox;
 pub mod upstream;

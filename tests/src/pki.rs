@@ -57,6 +57,21 @@ impl TestPki {
         self.dir.path().join("ca.pem")
     }
 
+    /// A self-signed server certificate (no CA at all) for `names`, as `<label>.crt/.key`.
+    pub fn self_signed(&self, label: &str, names: &[&str]) -> anyhow::Result<CertFiles> {
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        let files = CertFiles {
+            cert: self.dir.path().join(format!("{label}.crt")),
+            key: self.dir.path().join(format!("{label}.key")),
+        };
+        fs::write(&files.cert, cert.pem())?;
+        fs::write(&files.key, key.serialize_pem())?;
+        Ok(files)
+    }
+
     /// A gateway config (TOML) trusting this CA for every upstream.
     pub fn trusted_config(&self) -> String {
         format!("[tls]\nextra_ca_files = [{:?}]\n", self.ca_file())

@@ -37,6 +37,22 @@ impl SandboxCgroup {
     }
 }
 
+impl SandboxCgroup {
+    /// Starts `command` inside this cgroup (and `netns`, when given) without waiting for it.
+    pub fn spawn(
+        &self,
+        netns: Option<&NetNs>,
+        command: &mut Command,
+    ) -> anyhow::Result<std::process::Child> {
+        let ns = netns.map(|ns| GwNetNs::open(&ns.path())).transpose()?;
+        let confinement = Confinement::new(self.cgroup.cgroup(), ns.as_ref())?;
+        confinement.apply(command);
+        command
+            .spawn()
+            .with_context(|| format!("starting {command:?} in the sandbox"))
+    }
+}
+
 /// stdout of a finished command as text, failing with its stderr when it failed.
 pub fn stdout_ok(output: &Output) -> anyhow::Result<String> {
     if !output.status.success() {

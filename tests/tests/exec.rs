@@ -25,7 +25,9 @@ struct Site {
 
 fn site(pki: &TestPki) -> Site {
     let host = UpstreamHost::new().unwrap();
-    let cert = pki.issue("exec", &["exec.test"], &[]).unwrap();
+    let cert = pki
+        .issue("exec", &["exec.test"], &[host.v4.into()])
+        .unwrap();
     let server = Upstream::start(
         &host.ns,
         "exec.test",
@@ -246,4 +248,57 @@ fn exec_cleans_up_on_ctrl_c() {
     // The interrupt is passed on to the command, whose death by SIGINT is reported as 128 + 2.
     assert_eq!(status.code(), Some(130), "{status}");
     assert_nothing_left(pid, &before);
+}
+
+#[test]
+fn exec_hands_the_command_a_trust_bundle_with_the_gateway_ca() {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let site = site(&pki);
+    let home = home(Some(&pki));
+
+    // Python's default context trusts SSL_CERT_FILE: no CA given on the command line.
+    let url = format!("https://{}/", site.host.v4);
+    let client = gateway_tests::py_script("client.py");
+    let (output, _) = gateway_exec(
+        home.path(),
+        &[],
+        &["python3", client.to_str().unwrap(), "urllib", &url],
+    );
+    let result: Value = serde_json::from_str(&stdout_ok(&output).unwrap()).unwrap();
+    assert_eq!(
+        result["issuer"]["commonName"], "gateway local CA",
+        "{result}"
+    );
+
+    // Every variable names the same bundle, which holds the gateway CA and is gone afterwards.
+    let script = "for v in SSL_CERT_FILE CURL_CA_BUNDLE REQUESTS_CA_BUNDLE NODE_EXTRA_CA_CERTS; do \
+                  eval echo \\$$v; done";
+    let (output, _) = gateway_exec(home.path(), &[], &["sh", "-c", script]);
+    let paths: Vec<String> = stdout_ok(&output)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(paths.len(), 4);
+    assert!(
+        paths.iter().all(|p| p == &paths[0] && !p.is_empty()),
+        "{paths:?}"
+    );
+    assert!(
+        !Path::new(&paths[0]).exists(),
+        "bundle {} left behind",
+        paths[0]
+    );
+    let ca = std::fs::read_to_string(home.path().join("tls/ca.crt")).unwrap();
+    let (output, _) = gateway_exec(home.path(), &[], &["sh", "-c", "cat \"$SSL_CERT_FILE\""]);
+    let bundle = stdout_ok(&output).unwrap();
+    assert!(
+        bundle.ends_with(&ca),
+        "the bundle does not end with the gateway CA"
+    );
+    assert!(
+        bundle.matches("BEGIN CERTIFICATE").count() > 1,
+        "no system roots in the bundle"
+    );
 }

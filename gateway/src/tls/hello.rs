@@ -431,12 +431,6 @@ impl<'a> Reader<'a> {
 }
 
 #[cfg(test)]
-#[allow(
-    clippy::unwrap_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    reason = "tests index known fixtures and fail loudly"
-)]
 mod tests {
     use super::*;
 

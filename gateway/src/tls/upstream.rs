@@ -94,7 +94,7 @@ impl Connectors {
             })?;
             rules.push((rule.pattern.clone(), config, rule.verify));
         }
-        rules.sort_by(|a, b| b.0.specificity().cmp(&a.0.specificity()));
+        rules.sort_by_key(|rule| std::cmp::Reverse(rule.0.specificity()));
         tracing::debug!(
             connectors = built.len(),
             rules = rules.len(),

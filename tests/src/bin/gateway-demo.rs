@@ -41,31 +41,61 @@ fn demo() -> anyhow::Result<bool> {
         host.host_v4
     );
 
-    let mut exec = cmd(gateway_bin()?.to_str().context("path")?, ["exec", "--"]);
-    exec.args(["curl", "-sS", "--fail", "--max-time", "15", "--cacert"])
-        .arg(pki.ca_file())
-        .args([
-            "--resolve",
-            &format!("demo.test:443:{}", host.v4),
-            "https://demo.test/",
-        ])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    // The gateway must trust the demo upstream's private CA; everything else is the default
+    // (the gateway CA lives under /var/lib/gateway, created on first use).
+    let config = pki.dir().join("gateway.toml");
+    std::fs::write(&config, pki.trusted_config())?;
+    let curl_log = pki.dir().join("curl.log");
+    let mut exec = cmd(gateway_bin()?.to_str().context("path")?, ["--config"]);
+    exec.arg(&config).args(["exec", "--"]);
+    // No --cacert: curl trusts the bundle gateway exec hands it (system roots + gateway CA).
+    exec.args([
+        "curl",
+        "-sS",
+        "-v",
+        "--fail",
+        "--max-time",
+        "15",
+        "--stderr",
+    ])
+    .arg(&curl_log)
+    .args([
+        "--resolve",
+        &format!("demo.test:443:{}", host.v4),
+        "https://demo.test/",
+    ])
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     println!("== running: {exec:?}");
     let output = exec.output().context("running gateway exec")?;
     println!(
         "\n== curl (inside the sandbox cgroup) received:\n{}",
         String::from_utf8_lossy(&output.stdout)
     );
+    let curl_log = std::fs::read_to_string(&curl_log).unwrap_or_default();
+    println!("== the certificate curl was shown:");
+    let shown = ["SSL connection using", "subject:", "issuer:", "curl: ("];
+    for line in curl_log
+        .lines()
+        .filter(|l| shown.iter().any(|s| l.contains(s)))
+    {
+        println!("{line}");
+    }
     println!(
-        "== gateway log:\n{}",
+        "\n== gateway log:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
     println!("== exit status: {}", output.status);
     if output.status.success() {
         println!(
-            "\nThe upstream saw the connection come from {} (the gateway's side of the veth),",
+            "\nThe sandboxed curl was shown a certificate forged by the gateway's CA; the gateway"
+        );
+        println!(
+            "verified the real upstream (its private CA is configured) and relayed the request."
+        );
+        println!(
+            "The upstream saw the connection come from {} (the gateway's side of the veth),",
             host.host_v4
         );
         println!("and the gateway logged the original destination it recovered from ORIG_DST.");

@@ -1,0 +1,124 @@
+//! An nginx upstream (HTTP/1.1 and HTTP/2 over TLS) inside a test host's namespace.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{net::NetNs, pki::CertFiles};
+
+/// A running nginx, stopped (by PID) on drop.
+#[derive(Debug)]
+pub struct Nginx {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Serves `https://<listen>/` (body `nginx <name>\n`) and the files put in [`Nginx::files`],
+    /// with HTTP/2 offered by ALPN.
+    pub fn start(
+        ns: &NetNs,
+        name: &str,
+        cert: &CertFiles,
+        listen: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("files"))?;
+        std::fs::create_dir_all(dir.path().join("tmp"))?;
+        let d = dir.path().display();
+        let listen_text = match listen {
+            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+            SocketAddr::V4(a) => a.to_string(),
+        };
+        let conf = format!(
+            r#"worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+daemon off;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/tmp/body;
+    proxy_temp_path {d}/tmp/proxy;
+    fastcgi_temp_path {d}/tmp/fastcgi;
+    uwsgi_temp_path {d}/tmp/uwsgi;
+    scgi_temp_path {d}/tmp/scgi;
+    server {{
+        listen {listen_text} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location = / {{ return 200 "nginx {name}\n"; }}
+        location /files/ {{ alias {d}/files/; }}
+    }}
+}}
+"#,
+            cert = cert.cert.display(),
+            key = cert.key.display(),
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let mut command = ns.exec("nginx", ["-e"]);
+        command
+            .arg(dir.path().join("error.log"))
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&conf_path);
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting nginx")?;
+        let mut nginx = Nginx { child, dir };
+        nginx.wait_listening(listen)?;
+        Ok(nginx)
+    }
+
+    /// The directory served under /files/.
+    pub fn files(&self) -> PathBuf {
+        self.dir.path().join("files")
+    }
+
+    fn wait_listening(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("nginx exited ({status}): {}", error_log(self.dir.path()));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "nginx not listening on {addr}: {}",
+                    error_log(self.dir.path())
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+}
+
+fn error_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // nginx forks a worker; SIGTERM to the master stops both.
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
