@@ -47,8 +47,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         peer = self.client_address
         local = self.connection.getsockname()
         alpn = self.connection.selected_alpn_protocol() if hasattr(self.connection, "selected_alpn_protocol") else None
+        version = self.connection.version() if hasattr(self.connection, "version") else None
         body = json.dumps({
             "name": self.server_name_label,
+            "tls_version": version,
             "peer": fmt_addr(peer),
             "local": fmt_addr(local),
             "alpn": alpn,
@@ -98,14 +100,17 @@ def main():
     parser.add_argument("--name", required=True)
     parser.add_argument("--cert")
     parser.add_argument("--key")
-    parser.add_argument("--listen", action="append", required=True, help="ADDR:PORT, repeatable")
+    parser.add_argument("--listen", action="append", default=[], help="ADDR:PORT, repeatable")
     parser.add_argument("--plain", action="append", default=[], help="ADDR:PORT served without TLS")
+    parser.add_argument("--tls12-only", action="store_true", help="refuse TLS 1.3")
     args = parser.parse_args()
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(args.cert, args.key)
     context.set_alpn_protocols(["http/1.1"])
-    threads = [serve(listen, context, args.name) for listen in args.listen]
+    if args.tls12_only:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+    threads = [serve(listen, context, args.name) for listen in args.listen or []]
     threads += [serve(listen, None, args.name) for listen in args.plain]
     print("READY", flush=True)
     for thread in threads:

@@ -27,8 +27,21 @@ impl Upstream {
         listen: &[String],
         plain: &[String],
     ) -> anyhow::Result<Self> {
+        Self::start_with(ns, name, cert, listen, plain, &[])
+    }
+
+    /// As [`Upstream::start`], with extra upstream.py flags (e.g. `--tls12-only`).
+    pub fn start_with(
+        ns: &NetNs,
+        name: &str,
+        cert: &CertFiles,
+        listen: &[String],
+        plain: &[String],
+        flags: &[&str],
+    ) -> anyhow::Result<Self> {
         let mut command = ns.exec("python3", [py_script("upstream.py")]);
         command
+            .args(flags)
             .args(["--name", name])
             .arg("--cert")
             .arg(&cert.cert)

@@ -91,3 +91,36 @@ fn non_root_is_refused_with_a_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("gateway must run as root"), "{stderr}");
 }
+
+#[test]
+fn unusable_ca_files_are_named_at_start() {
+    require_root().unwrap();
+    let cgroup = gateway_tests::sandbox::SandboxCgroup::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "no certificate here\n").unwrap();
+    for (file, expected) in [
+        (dir.path().join("missing.pem"), "No such file"),
+        (empty.clone(), "holds no certificate"),
+    ] {
+        let config = dir.path().join("gateway.toml");
+        std::fs::write(&config, format!("[tls]\nextra_ca_files = [{file:?}]\n")).unwrap();
+        let output = cmd(
+            gateway_bin().unwrap().to_str().unwrap(),
+            ["run", "--sandbox"],
+        )
+        .arg(cgroup.path())
+        .arg("--config")
+        .arg(&config)
+        .args(["--pin-dir", "/sys/fs/bpf/gwtest-err3"])
+        .env("GATEWAY_HOME", dir.path())
+        .output()
+        .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&file.display().to_string()) && stderr.contains(expected),
+            "{stderr}"
+        );
+    }
+}

@@ -556,3 +556,107 @@ fn ca_path_and_export_and_half_configured_ca() {
         "{err}"
     );
 }
+
+#[test]
+fn tls12_only_upstreams_and_tls13_clients_meet_through_the_gateway() {
+    let env = Env::new();
+    let host = UpstreamHost::new().unwrap();
+    let cert = env.pki.issue("old", &["old.test"], &[]).unwrap();
+    let listen = [format!("{}:443", host.v4)];
+    let _server =
+        Upstream::start_with(&host.ns, "old.test", &cert, &listen, &[], &["--tls12-only"]).unwrap();
+    let site = Site {
+        name: "old.test".into(),
+        host,
+        _server,
+    };
+    let daemon = env.daemon("");
+    let mut request = curl(&daemon.ca_file(), &site, "old.test", "/");
+    request.arg("--tlsv1.3");
+    let output = env.run(&mut request);
+    let body = json(&stdout_ok(&output).unwrap());
+    assert_eq!(body["tls_version"], "TLSv1.2", "the upstream leg");
+    assert!(
+        stderr(&output).contains("TLSv1.3"),
+        "the client leg: {}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn plain_tcp_is_refused_by_default_and_relayed_when_configured() {
+    let env = Env::new();
+    let host = UpstreamHost::new().unwrap();
+    let cert = env.pki.issue("plain", &["plain.test"], &[]).unwrap();
+    let _server = Upstream::start(
+        &host.ns,
+        "plain.test",
+        &cert,
+        &[],
+        &[format!("{}:443", host.v4)],
+    )
+    .unwrap();
+    let url = format!("http://{}:443/", host.v4);
+    let mut request = cmd("curl", ["-sS", "--max-time", "10", &url]);
+
+    let mut daemon = env.daemon("");
+    let refused = env.run(&mut request);
+    assert!(
+        !refused.status.success(),
+        "plain HTTP got through: {refused:?}"
+    );
+    let line = daemon
+        .wait_for("the refusal", Duration::from_secs(10), |v| {
+            v["message"] == "connection failed"
+        })
+        .unwrap();
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .contains("plain_tcp = \"refuse\""),
+        "{line}"
+    );
+    drop(daemon);
+
+    let mut daemon = env.daemon("plain_tcp = \"relay\"\n");
+    let body = json(&stdout_ok(&env.run(&mut request)).unwrap());
+    assert_eq!(body["name"], "plain.test");
+    let line = daemon
+        .wait_for("the relay", Duration::from_secs(10), |v| {
+            v["message"] == "connection closed"
+        })
+        .unwrap();
+    assert_eq!(line["mode"], "plain", "{line}");
+}
+
+#[test]
+fn an_sni_that_cannot_be_a_certificate_name_fails_alone() {
+    let env = Env::new();
+    let site = Site::issued(&env.pki, "up-a.test", &["up-a.test"]);
+    let mut daemon = env.daemon("");
+    let mut client = cmd(
+        "openssl",
+        [
+            "s_client",
+            "-connect",
+            &site.addr(),
+            "-servername",
+            "snowman.☃",
+        ],
+    );
+    client.stdin(Stdio::null());
+    let output = env.run(&mut client);
+    assert!(
+        !output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    daemon
+        .wait_for("the failure", Duration::from_secs(10), |v| {
+            v["message"] == "connection failed"
+        })
+        .unwrap();
+    let output = env.run(&mut curl(&daemon.ca_file(), &site, "up-a.test", "/"));
+    assert_eq!(json(&stdout_ok(&output).unwrap())["name"], "up-a.test");
+}
