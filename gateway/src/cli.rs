@@ -54,9 +54,13 @@ pub enum CaCommand {
 /// Tunables shared by `run` and `exec`.
 #[derive(Debug, Args)]
 pub struct EngineArgs {
-    /// Give up connecting to an upstream after this long (e.g. 10s, 500ms).
+    /// Give up reaching an upstream (TCP connect, then its TLS handshake) after this long
+    /// (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+    /// Close a connection when no data has moved either way for this long.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
     /// On shutdown, how long open connections may finish before they are closed.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_timeout: Duration,

@@ -15,6 +15,7 @@ use crate::{
     config::TlsConfig,
     ebpf::{Attachment, EbpfError, PinDir, Programs},
     net::listener::{self, ListenError, SandboxContext},
+    relay::Timeouts,
     sandbox::{
         SandboxId, SandboxSpec,
         cgroup::{Cgroup, CgroupError},
@@ -81,8 +82,8 @@ pub fn require_root() -> Result<(), DaemonError> {
 pub struct EngineOptions {
     /// TLS interception settings (from the config file).
     pub tls: TlsConfig,
-    /// How long an upstream connect may take.
-    pub connect_timeout: Duration,
+    /// Connection time limits.
+    pub timeouts: Timeouts,
     /// How long shutdown waits for open connections before closing them.
     pub drain_timeout: Duration,
 }
@@ -92,7 +93,9 @@ pub struct EngineOptions {
 struct Served {
     id: SandboxId,
     cgroup_id: u64,
+    cgroup: PathBuf,
     attachment: Attachment,
+    accept_loops: Vec<tokio::task::AbortHandle>,
 }
 
 /// The running gateway: loaded programs, and one listener (and accept tasks) per sandbox.
@@ -160,7 +163,7 @@ impl Engine {
         let ctx = Arc::new(SandboxContext {
             id,
             orig_dst: self.programs.orig_dst(),
-            connect_timeout: self.options.connect_timeout,
+            timeouts: self.options.timeouts,
             tls: Arc::clone(&self.tls),
             connections: self.connections.clone(),
             cancel: self.cancel.clone(),
@@ -177,6 +180,8 @@ impl Engine {
                 self.served.push(Served {
                     id,
                     cgroup_id: cgroup.id(),
+                    cgroup: cgroup.path().into(),
+                    accept_loops: handles,
                     attachment,
                 });
                 Ok(SandboxInfo { id, listener_port })
@@ -187,6 +192,42 @@ impl Engine {
                 Err(err.into())
             }
         }
+    }
+
+    /// Stops serving sandboxes whose cgroup was removed (the kernel has already detached their
+    /// programs), logging each; other sandboxes are untouched.
+    pub fn drop_removed_sandboxes(&mut self) {
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            self.served.drain(..).partition(|s| !s.cgroup.exists());
+        self.served = kept;
+        for served in gone {
+            warn!(sandbox = %served.id, cgroup = %served.cgroup.display(), "sandbox cgroup was removed; no longer serving it");
+            self.stop_serving(served);
+        }
+    }
+
+    /// Stops accepting for a sandbox, detaches its programs and forgets its config. Its open
+    /// connections go on until they end (or shutdown closes them).
+    fn stop_serving(&mut self, served: Served) {
+        let Served {
+            id,
+            cgroup_id,
+            attachment,
+            accept_loops,
+            ..
+        } = served;
+        accept_loops
+            .iter()
+            .for_each(tokio::task::AbortHandle::abort);
+        drop(attachment);
+        if let Err(err) = self.programs.forget(cgroup_id) {
+            warn!(sandbox = %id, error = %err, "failed to forget sandbox");
+        }
+    }
+
+    /// Whether the pin directory (if any) is still there.
+    pub fn pins_present(&self) -> bool {
+        self.programs.pin_dir().is_none_or(Path::exists)
     }
 
     /// Current counters (eBPF and daemon), as `name=value` pairs for a log line.
@@ -209,16 +250,8 @@ impl Engine {
     /// `drain` and then closes them (each logs its line); removes the pins. Returns the final
     /// counters (see [`Engine::counters`]).
     pub async fn shutdown(mut self, drain: Duration) -> String {
-        for served in self.served.drain(..) {
-            let Served {
-                id,
-                cgroup_id,
-                attachment,
-            } = served;
-            drop(attachment);
-            if let Err(err) = self.programs.forget(cgroup_id) {
-                warn!(sandbox = %id, error = %err, "failed to forget sandbox");
-            }
+        for served in std::mem::take(&mut self.served) {
+            self.stop_serving(served);
         }
         self.accept_loops.shutdown().await;
         self.connections.close();
@@ -272,6 +305,7 @@ pub struct RunOptions {
 /// `gateway run`: serves the sandboxes until SIGINT or SIGTERM.
 pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
     require_root()?;
+    raise_nofile_limit();
     let mut signals = Signals::new()?;
     // Every sandbox is checked before anything is loaded or pinned.
     let mut opened = Vec::with_capacity(options.sandboxes.len());
@@ -292,11 +326,47 @@ pub async fn run(options: RunOptions) -> Result<(), DaemonError> {
         );
     }
     info!(pin_dir = %options.pin_dir.display(), sandboxes = options.sandboxes.len(), "gateway ready");
-    let signal = signals.recv().await;
+    let signal = serve_until_signal(&mut engine, &mut signals).await;
     info!(signal, "shutting down");
     let counters = engine.shutdown(options.engine.drain_timeout).await;
     info!(counters, "gateway stopped");
     Ok(())
+}
+
+/// How often the daemon checks that sandbox cgroups and its pins still exist.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Serves until SIGINT/SIGTERM, meanwhile noticing sandboxes whose cgroup is removed and pins
+/// removed under the daemon.
+async fn serve_until_signal(engine: &mut Engine, signals: &mut Signals) -> &'static str {
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    let mut pins_warned = false;
+    loop {
+        tokio::select! {
+            signal = signals.recv() => return signal,
+            _ = housekeeping.tick() => {
+                engine.drop_removed_sandboxes();
+                if !engine.pins_present() && !pins_warned {
+                    pins_warned = true;
+                    warn!("pinned maps and links were removed under the daemon; sandboxes stay redirected while it runs, but would not fail closed if it died: restart it to pin again");
+                }
+            }
+        }
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit: every relayed connection holds two
+/// descriptors.
+pub fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(err) => warn!(soft, hard, error = %err, "could not raise the open-file limit"),
+        },
+        Ok((soft, _)) => tracing::debug!(limit = soft, "open-file limit"),
+        Err(err) => warn!(error = %err, "could not read the open-file limit"),
+    }
 }
 
 /// SIGINT and SIGTERM.

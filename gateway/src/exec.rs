@@ -14,7 +14,7 @@ use nix::{sys::signal::Signal, unistd::Pid};
 use tracing::{info, warn};
 
 use crate::{
-    daemon::{DaemonError, Engine, EngineOptions, Signals, require_root},
+    daemon::{DaemonError, Engine, EngineOptions, Signals, raise_nofile_limit, require_root},
     sandbox::{
         Confinement,
         cgroup::{CgroupError, TransientCgroup},
@@ -70,6 +70,7 @@ pub struct ExecOptions {
 /// Runs the command and returns its exit code (128 + signal number when it was killed).
 pub async fn exec(options: ExecOptions) -> Result<i32, ExecError> {
     require_root().map_err(ExecError::Setup)?;
+    raise_nofile_limit();
     let mut signals = Signals::new()?;
     let name = format!("gateway-exec-{}", std::process::id());
     let cgroup = TransientCgroup::create(&name).map_err(DaemonError::from)?;

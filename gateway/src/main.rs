@@ -10,6 +10,7 @@ use gateway::{
     daemon::{self, EngineOptions, RunOptions},
     exec::{self, ExecOptions},
     logging,
+    relay::Timeouts,
     sandbox::DEFAULT_PORTS,
     tls::ca::{CertAuthority, gateway_home, locate},
 };
@@ -30,7 +31,10 @@ fn main() -> ExitCode {
 fn engine(args: &EngineArgs, config: &Config) -> EngineOptions {
     EngineOptions {
         tls: config.tls.clone(),
-        connect_timeout: args.connect_timeout,
+        timeouts: Timeouts {
+            connect: args.connect_timeout,
+            idle: args.idle_timeout,
+        },
         drain_timeout: args.drain_timeout,
     }
 }

@@ -2,13 +2,25 @@
 
 use std::{
     io,
-    sync::atomic::{AtomicBool, Ordering},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::Duration,
 };
+
+use tokio::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Size of each direction's copy buffer.
 const BUF_SIZE: usize = 16 * 1024;
+
+/// Time limits of one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Reaching the upstream: TCP connect, and the TLS handshake when intercepting.
+    pub connect: Duration,
+    /// A relay with no bytes moving either way for this long is closed.
+    pub idle: Duration,
+}
 
 /// Bytes moved by a relay.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -19,7 +31,7 @@ pub struct RelayStats {
     pub bytes_down: u64,
 }
 
-/// A relay direction failed; the other direction is abandoned and both sockets are closed.
+/// A relay direction failed (or the relay went idle); both sockets are closed.
 #[derive(Debug, thiserror::Error)]
 #[error("relaying {direction} failed after {stats:?}: {source}")]
 pub struct RelayError {
@@ -35,7 +47,7 @@ pub struct RelayError {
 /// Copies both ways until both sides have closed their sending half. An EOF from one side is
 /// passed on as a shutdown of the other side's write half, so half-closed protocols work.
 /// Works on plain TCP and on TLS streams alike.
-pub async fn relay<C, U>(client: C, upstream: U) -> Result<RelayStats, RelayError>
+pub async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> Result<RelayStats, RelayError>
 where
     C: AsyncRead + AsyncWrite,
     U: AsyncRead + AsyncWrite,
@@ -44,27 +56,37 @@ where
     let (mut upstream_rx, mut upstream_tx) = tokio::io::split(upstream);
     let mut stats = RelayStats::default();
     let (up_done, down_done) = (AtomicBool::new(false), AtomicBool::new(false));
+    let activity = Activity::new();
     let up = Direction {
         name: "client->upstream",
         done: &up_done,
         other_done: &down_done,
+        activity: &activity,
     };
     let down = Direction {
         name: "upstream->client",
         done: &down_done,
         other_done: &up_done,
+        activity: &activity,
     };
-    let result = tokio::try_join!(
-        pump(&mut client_rx, &mut upstream_tx, &mut stats.bytes_up, up),
-        pump(
-            &mut upstream_rx,
-            &mut client_tx,
-            &mut stats.bytes_down,
-            down
-        ),
-    );
+    let pumps = async {
+        tokio::try_join!(
+            pump(&mut client_rx, &mut upstream_tx, &mut stats.bytes_up, up),
+            pump(
+                &mut upstream_rx,
+                &mut client_tx,
+                &mut stats.bytes_down,
+                down
+            ),
+        )
+        .map(|_| ())
+    };
+    let result = tokio::select! {
+        result = pumps => result,
+        () = activity.idle_for(idle) => Err(("both ways", idle_error(idle))),
+    };
     match result {
-        Ok(_) => Ok(stats),
+        Ok(()) => Ok(stats),
         Err((direction, source)) => Err(RelayError {
             direction,
             stats,
@@ -73,12 +95,52 @@ where
     }
 }
 
+fn idle_error(idle: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no data either way for {idle:?} (idle timeout)"),
+    )
+}
+
 /// One direction of a relay, and what it knows of the other.
 #[derive(Clone, Copy)]
 struct Direction<'a> {
     name: &'static str,
     done: &'a AtomicBool,
     other_done: &'a AtomicBool,
+    activity: &'a Activity,
+}
+
+/// When bytes last moved, shared by both directions of a relay.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Completes once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let deadline = last + idle;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
 }
 
 async fn pump<R, W>(
@@ -104,6 +166,7 @@ where
             let _ = tx.shutdown().await;
             return Ok(());
         }
+        dir.activity.touch();
         tx.write_all(&buf[..n]).await.map_err(|e| (dir.name, e))?;
         *count += n as u64;
     }
@@ -137,7 +200,7 @@ mod tests {
         // client <-> (client_side | relay | upstream_side) <-> upstream
         let (mut client, client_side) = pair().await;
         let (upstream_side, mut upstream) = pair().await;
-        let relay = tokio::spawn(relay(client_side, upstream_side));
+        let relay = tokio::spawn(relay(client_side, upstream_side, Duration::from_secs(10)));
 
         client.write_all(b"request").await.unwrap();
         client.shutdown().await.unwrap();
@@ -161,5 +224,16 @@ mod tests {
                 bytes_down: 100_000
             }
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_relays_are_closed() {
+        let (_client, client_side) = pair().await;
+        let (upstream_side, _upstream) = pair().await;
+        let err = relay(client_side, upstream_side, Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert_eq!(err.source.kind(), io::ErrorKind::TimedOut);
+        assert!(err.to_string().contains("idle timeout"), "{err}");
     }
 }

@@ -13,6 +13,7 @@ client.py urllib URL [--cafile CA]
   Fetches URL with urllib (default trust unless --cafile) and prints JSON {"status", "body",
   "issuer", "subject_alt_names"} of the certificate the client was shown.
 """
+import struct
 import time
 import urllib.request
 import argparse
@@ -102,6 +103,20 @@ def raw(args):
     print(json.dumps(out))
 
 
+def reset_mid_request(args):
+    """Completes TLS, starts a 1 MB upload, sends 10 KiB of it, then resets the connection."""
+    context = ssl.create_default_context(cafile=args.cafile)
+    sock = socket.create_connection((args.host, args.port), timeout=10)
+    tls = context.wrap_socket(sock, server_hostname=args.name)
+    tls.sendall(f"POST /sha256 HTTP/1.1\r\nHost: {args.name}\r\nContent-Length: 1000000\r\n\r\n".encode())
+    tls.sendall(b"y" * 10240)
+    time.sleep(0.2)
+    # wrap_socket took over the descriptor: set linger 0 on the TLS socket, then close = RST.
+    tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    tls.close()
+    print(json.dumps({"reset": True}))
+
+
 def fetch_urllib(args):
     context = ssl.create_default_context(cafile=args.cafile) if args.cafile else ssl.create_default_context()
     with urllib.request.urlopen(args.url, context=context, timeout=20) as resp:
@@ -134,8 +149,19 @@ def main():
     u = sub.add_parser("urllib")
     u.add_argument("url")
     u.add_argument("--cafile")
+    m = sub.add_parser("reset-mid-request")
+    m.add_argument("host")
+    m.add_argument("port", type=int)
+    m.add_argument("name")
+    m.add_argument("cafile")
     args = parser.parse_args()
-    commands = {"parallel": parallel, "connect": connect, "raw": raw, "urllib": fetch_urllib}
+    commands = {
+        "parallel": parallel,
+        "connect": connect,
+        "raw": raw,
+        "urllib": fetch_urllib,
+        "reset-mid-request": reset_mid_request,
+    }
     return commands[args.cmd](args)
 
 

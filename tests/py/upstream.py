@@ -15,7 +15,9 @@ import random
 import socket
 import ssl
 import sys
+import struct
 import threading
+import time
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -33,6 +35,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self):
+        if self.path == "/reset":
+            # Promise 1 MiB, send 64 KiB, then reset the connection.
+            self.send_response(200)
+            self.send_header("Content-Length", str(1 << 20))
+            self.end_headers()
+            self.wfile.write(b"x" * 65536)
+            self.wfile.flush()
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return
+        if self.path == "/hang":
+            time.sleep(120)
+            return
         if self.path.startswith("/bytes/"):
             n = int(self.path.split("/")[2])
             body = random.Random(n).randbytes(n)
@@ -80,6 +96,30 @@ class Server(http.server.ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
+    def handle_error(self, request, client_address):
+        pass  # resets are part of the tests
+
+
+def blackhole(listen):
+    """Accepts connections and never reads or writes: an upstream that never answers."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    sock.listen(256)
+    held = []
+
+    def run():
+        while True:
+            conn, _ = sock.accept()
+            held.append(conn)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
 
 def serve(listen, context, name):
     host, _, port = listen.rpartition(":")
@@ -103,6 +143,7 @@ def main():
     parser.add_argument("--listen", action="append", default=[], help="ADDR:PORT, repeatable")
     parser.add_argument("--plain", action="append", default=[], help="ADDR:PORT served without TLS")
     parser.add_argument("--tls12-only", action="store_true", help="refuse TLS 1.3")
+    parser.add_argument("--blackhole", action="append", default=[], help="ADDR:PORT that accepts and never answers")
     args = parser.parse_args()
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -112,6 +153,7 @@ def main():
         context.maximum_version = ssl.TLSVersion.TLSv1_2
     threads = [serve(listen, context, args.name) for listen in args.listen or []]
     threads += [serve(listen, None, args.name) for listen in args.plain]
+    threads += [blackhole(listen) for listen in args.blackhole]
     print("READY", flush=True)
     for thread in threads:
         thread.join()

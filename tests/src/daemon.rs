@@ -26,6 +26,11 @@ impl Daemon {
     /// Starts `gateway run` with one `--sandbox` per spec and the TOML `config`, and waits for
     /// "gateway ready".
     pub fn start(sandboxes: &[String], config: &str) -> anyhow::Result<Self> {
+        Self::start_with(sandboxes, config, &[])
+    }
+
+    /// As [`Daemon::start`], with extra `gateway run` arguments (e.g. timeouts).
+    pub fn start_with(sandboxes: &[String], config: &str, args: &[&str]) -> anyhow::Result<Self> {
         let home_dir = tempfile::tempdir()?;
         let config_file = home_dir.path().join("gateway.toml");
         std::fs::write(&config_file, config)?;
@@ -38,6 +43,7 @@ impl Daemon {
             command.args(["--sandbox", spec]);
         }
         command
+            .args(args)
             .arg("--pin-dir")
             .arg(&pin_dir)
             .arg("--config")

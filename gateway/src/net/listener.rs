@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::{
     ebpf::{EbpfError, OrigDstTable},
     net::{ClientAddr, OrigDst},
-    relay::RelayStats,
+    relay::{RelayStats, Timeouts},
     sandbox::{SandboxId, netns::NetNs},
     tls::{
         TlsContext,
@@ -157,8 +157,8 @@ pub struct SandboxContext {
     pub id: SandboxId,
     /// Where the eBPF programs recorded original destinations.
     pub orig_dst: OrigDstTable,
-    /// How long an upstream connect may take.
-    pub connect_timeout: Duration,
+    /// Connection time limits.
+    pub timeouts: Timeouts,
     /// TLS interception state shared by every sandbox.
     pub tls: Arc<TlsContext>,
     /// Tracks connection tasks, so shutdown can let them finish.
@@ -251,5 +251,5 @@ async fn try_handle(
     }
     // Both legs carry small interactive writes (TLS handshakes): do not delay them.
     let _ = stream.set_nodelay(true);
-    Ok(intercept::handle(stream, dst, &ctx.tls, ctx.connect_timeout, info).await?)
+    Ok(intercept::handle(stream, dst, &ctx.tls, ctx.timeouts, info).await?)
 }

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     config::PlainTcp,
     net::OrigDst,
-    relay::{RelayError, RelayStats, relay},
+    relay::{RelayError, RelayStats, Timeouts, relay},
 };
 
 /// TLS alert descriptions sent to the client when interception cannot proceed.
@@ -132,7 +132,7 @@ pub async fn handle(
     mut client: TcpStream,
     dst: OrigDst,
     tls: &TlsContext,
-    connect_timeout: Duration,
+    timeouts: Timeouts,
     info: &mut ConnInfo,
 ) -> Result<RelayStats, InterceptError> {
     let (prefix, parsed) = read_hello(&mut client, tls.hello_timeout).await?;
@@ -143,7 +143,7 @@ pub async fn handle(
                 PlainTcp::Refuse => Err(InterceptError::NotTls { reason }),
                 PlainTcp::Relay => {
                     info.mode = Mode::Plain;
-                    splice(client, prefix, dst, connect_timeout, info).await
+                    splice(client, prefix, dst, timeouts, info).await
                 }
             };
         }
@@ -155,10 +155,10 @@ pub async fn handle(
         .is_some_and(|name| tls.is_bypassed(name.as_str()))
     {
         info.mode = Mode::Bypass;
-        return splice(client, prefix, dst, connect_timeout, info).await;
+        return splice(client, prefix, dst, timeouts, info).await;
     }
     info.mode = Mode::Intercept;
-    intercept(client, prefix, hello, dst, tls, connect_timeout, info).await
+    intercept(client, prefix, hello, dst, tls, timeouts, info).await
 }
 
 /// Reads until the buffer holds a complete ClientHello or is judged not to be one.
@@ -221,10 +221,10 @@ async fn splice(
     client: TcpStream,
     prefix: Vec<u8>,
     dst: OrigDst,
-    connect_timeout: Duration,
+    timeouts: Timeouts,
     info: &mut ConnInfo,
 ) -> Result<RelayStats, InterceptError> {
-    let mut upstream = dial(dst, connect_timeout, info).await?;
+    let mut upstream = dial(dst, timeouts.connect, info).await?;
     upstream
         .write_all(&prefix)
         .await
@@ -233,7 +233,7 @@ async fn splice(
             stats: RelayStats::default(),
             source,
         })?;
-    let mut stats = relay(client, upstream).await?;
+    let mut stats = relay(client, upstream, timeouts.idle).await?;
     stats.bytes_up += prefix.len() as u64;
     Ok(stats)
 }
@@ -244,7 +244,7 @@ async fn intercept(
     hello: ClientHello,
     dst: OrigDst,
     tls: &TlsContext,
-    connect_timeout: Duration,
+    timeouts: Timeouts,
     info: &mut ConnInfo,
 ) -> Result<RelayStats, InterceptError> {
     let (subject, server_name) = match &hello.sni {
@@ -261,14 +261,21 @@ async fn intercept(
             PkiServerName::IpAddress(dst.0.ip().into()),
         ),
     };
-    let upstream_tcp = dial(dst, connect_timeout, info).await?;
+    let upstream_tcp = match dial(dst, timeouts.connect, info).await {
+        Ok(upstream) => upstream,
+        Err(err) => {
+            // The client learns at once that this connection will not work.
+            send_alert(&mut client, ALERT_HANDSHAKE_FAILURE).await;
+            return Err(err);
+        }
+    };
     let (base, _verify) = tls
         .connectors
         .for_name(hello.sni.as_ref().map(|n| n.as_str()));
     let mut config = (**base).clone();
     config.alpn_protocols = hello.alpn.clone();
     let connect = TlsConnector::from(Arc::new(config)).connect(server_name, upstream_tcp);
-    let upstream = match tokio::time::timeout(connect_timeout, connect).await {
+    let upstream = match tokio::time::timeout(timeouts.connect, connect).await {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(source)) => {
             send_alert(&mut client, ALERT_HANDSHAKE_FAILURE).await;
@@ -278,7 +285,7 @@ async fn intercept(
             send_alert(&mut client, ALERT_HANDSHAKE_FAILURE).await;
             return Err(InterceptError::UpstreamTlsTimeout {
                 dst,
-                timeout: connect_timeout,
+                timeout: timeouts.connect,
             });
         }
     };
@@ -301,7 +308,7 @@ async fn intercept(
             timeout: tls.hello_timeout,
         })?
         .map_err(InterceptError::ClientTls)?;
-    Ok(relay(client_tls, upstream).await?)
+    Ok(relay(client_tls, upstream, timeouts.idle).await?)
 }
 
 /// Sends a fatal TLS alert in a plaintext record (valid before the server's first flight).
