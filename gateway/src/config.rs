@@ -315,7 +315,8 @@ fn deserialize_raw(text: &str, path: &Path) -> Result<RawConfig, ConfigError> {
         reason: syntax_reason(&error, text),
     })?;
     serde_path_to_error::deserialize(deserializer).map_err(|error| {
-        let field = field_path(error.path());
+        // A quoted key may hold a line break ("a\nb" = 1), and the field names it raw.
+        let field = one_line(&field_path(error.path()));
         let reason = value_reason(error.inner(), text);
         ConfigError::Parse {
             path: path.to_owned(),

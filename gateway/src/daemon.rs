@@ -225,6 +225,11 @@ impl Engine {
         }
     }
 
+    /// Connections being handled right now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
+    }
+
     /// Whether the pin directory (if any) is still there.
     pub fn pins_present(&self) -> bool {
         self.programs.pin_dir().is_none_or(Path::exists)
@@ -341,11 +346,13 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 async fn serve_until_signal(engine: &mut Engine, signals: &mut Signals) -> &'static str {
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     let mut pins_warned = false;
+    let mut trim = Trim::default();
     loop {
         tokio::select! {
             signal = signals.recv() => return signal,
             _ = housekeeping.tick() => {
                 engine.drop_removed_sandboxes();
+                trim.after_load(engine.open_connections());
                 if !engine.pins_present() && !pins_warned {
                     pins_warned = true;
                     warn!("pinned maps and links were removed under the daemon; sandboxes stay redirected while it runs, but would not fail closed if it died: restart it to pin again");
@@ -354,6 +361,40 @@ async fn serve_until_signal(engine: &mut Engine, signals: &mut Signals) -> &'sta
         }
     }
 }
+
+/// Gives memory back to the system once a load has passed: the allocator keeps freed memory
+/// of thousands of closed connections otherwise, and the daemon's RSS would stay at its peak.
+#[derive(Debug, Default)]
+struct Trim {
+    peak_since_trim: usize,
+}
+
+impl Trim {
+    /// Connections at which a drop to at most a quarter of the peak triggers a trim.
+    const MIN_PEAK: usize = 256;
+
+    fn after_load(&mut self, open: usize) {
+        self.peak_since_trim = self.peak_since_trim.max(open);
+        if self.peak_since_trim >= Self::MIN_PEAK && open <= self.peak_since_trim / 4 {
+            release_free_memory();
+            tracing::debug!(
+                peak = self.peak_since_trim,
+                open,
+                "returned free memory to the system"
+            );
+            self.peak_since_trim = open;
+        }
+    }
+}
+
+#[cfg(target_env = "gnu")]
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists; no pointer is passed.
+    unsafe { libc::malloc_trim(0) };
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn release_free_memory() {}
 
 /// Raises the open-file soft limit to the hard limit: every relayed connection holds two
 /// descriptors.

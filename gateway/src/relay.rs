@@ -11,7 +11,10 @@ use tokio::time::Instant;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Size of each direction's copy buffer.
-const BUF_SIZE: usize = 16 * 1024;
+/// Each direction's copy buffer starts small, so idle connections stay cheap, and doubles up to
+/// the maximum while reads keep filling it, so bulk transfers move in large chunks.
+const BUF_START: usize = 2 * 1024;
+const BUF_MAX: usize = 64 * 1024;
 
 /// Time limits of one connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +156,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF_SIZE];
+    let mut buf = vec![0u8; BUF_START];
     loop {
         let n = match rx.read(&mut buf).await {
             Ok(n) => n,
@@ -169,6 +172,9 @@ where
         dir.activity.touch();
         tx.write_all(&buf[..n]).await.map_err(|e| (dir.name, e))?;
         *count += n as u64;
+        if n == buf.len() && buf.len() < BUF_MAX {
+            buf.resize(buf.len() * 2, 0);
+        }
     }
 }
 

@@ -117,6 +117,99 @@ def reset_mid_request(args):
     print(json.dumps({"reset": True}))
 
 
+def hold(args):
+    """Opens COUNT TLS connections (at most 200 handshakes at a time), does one GET on each,
+    prints HELD, keeps them all open HOLD seconds, closes them and prints a JSON summary."""
+    import asyncio
+
+    context = ssl.create_default_context(cafile=args.cafile)
+    errors = []
+    conns = []
+
+    async def open_one(sem):
+        async with sem:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(args.ip, args.port, ssl=context, server_hostname=args.name), 60)
+                writer.write(f"GET / HTTP/1.1\r\nHost: {args.name}\r\n\r\n".encode())
+                await writer.drain()
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+                length = int([l for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")][0].split(b":")[1])
+                await asyncio.wait_for(reader.readexactly(length), 60)
+                conns.append(writer)
+            except Exception as exc:
+                errors.append(repr(exc))
+
+    async def main():
+        start = time.monotonic()
+        sem = asyncio.Semaphore(200)
+        await asyncio.gather(*(open_one(sem) for _ in range(args.count)))
+        opened = time.monotonic() - start
+        print("HELD", len(conns), flush=True)
+        await asyncio.sleep(args.hold)
+        for writer in conns:
+            writer.close()
+        await asyncio.gather(*(w.wait_closed() for w in conns), return_exceptions=True)
+        print(json.dumps({"held": len(conns), "errors": errors[:20], "error_count": len(errors),
+                          "open_seconds": opened}), flush=True)
+
+    asyncio.run(main())
+
+
+def hostile(args):
+    """COUNT hostile connections at once, in equal shares: random bytes, a truncated ClientHello,
+    an oversized ClientHello, and a slowloris trickle of a ClientHello (one byte every TRICKLE
+    seconds). Prints JSON: how many the peer closed, how many were answered with data, timings."""
+    import asyncio
+    import random
+
+    hello = open(args.hello, "rb").read()
+    rng = random.Random(1)
+    kinds = ["random", "truncated", "oversized", "slowloris"]
+    results = {k: {"closed": 0, "answered": 0, "other": 0, "max_seconds": 0.0} for k in kinds}
+
+    def payload(kind):
+        if kind == "random":
+            return bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 4096)))
+        if kind == "truncated":
+            return hello[: rng.randint(1, len(hello) - 1)]
+        if kind == "oversized":
+            # A handshake record claiming a 64 KiB ClientHello, then 16 KiB of filler records.
+            body = b"\x01" + (65536).to_bytes(3, "big") + b"\x03\x03" + bytes(16000)
+            return b"\x16\x03\x01" + len(body).to_bytes(2, "big") + body
+        return hello
+
+    async def one(kind):
+        start = time.monotonic()
+        try:
+            reader, writer = await asyncio.open_connection(args.ip, args.port)
+            data = payload(kind)
+            if kind == "slowloris":
+                for byte in data:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    await asyncio.sleep(args.trickle)
+                    if reader.at_eof():
+                        break
+            else:
+                writer.write(data)
+                await writer.drain()
+            received = await asyncio.wait_for(reader.read(), args.wait)
+            results[kind]["answered" if received else "closed"] += 1
+            writer.close()
+        except (ConnectionResetError, BrokenPipeError):
+            results[kind]["closed"] += 1
+        except Exception:
+            results[kind]["other"] += 1
+        results[kind]["max_seconds"] = max(results[kind]["max_seconds"], time.monotonic() - start)
+
+    async def main():
+        await asyncio.gather(*(one(kinds[i % 4]) for i in range(args.count)))
+        print(json.dumps(results), flush=True)
+
+    asyncio.run(main())
+
+
 def fetch_urllib(args):
     context = ssl.create_default_context(cafile=args.cafile) if args.cafile else ssl.create_default_context()
     with urllib.request.urlopen(args.url, context=context, timeout=20) as resp:
@@ -154,8 +247,24 @@ def main():
     m.add_argument("port", type=int)
     m.add_argument("name")
     m.add_argument("cafile")
+    h = sub.add_parser("hold")
+    h.add_argument("ip")
+    h.add_argument("port", type=int)
+    h.add_argument("name")
+    h.add_argument("cafile")
+    h.add_argument("--count", type=int, required=True)
+    h.add_argument("--hold", type=float, required=True)
+    x = sub.add_parser("hostile")
+    x.add_argument("ip")
+    x.add_argument("port", type=int)
+    x.add_argument("--hello", required=True)
+    x.add_argument("--count", type=int, default=1000)
+    x.add_argument("--trickle", type=float, default=0.5)
+    x.add_argument("--wait", type=float, default=30)
     args = parser.parse_args()
     commands = {
+        "hold": hold,
+        "hostile": hostile,
         "parallel": parallel,
         "connect": connect,
         "raw": raw,

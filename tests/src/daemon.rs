@@ -184,6 +184,45 @@ impl Daemon {
         Ok(sum)
     }
 
+    /// The daemon's process id.
+    pub fn pid(&self) -> anyhow::Result<u32> {
+        Ok(self.child.as_ref().context("daemon stopped")?.id())
+    }
+
+    /// Resident memory (VmRSS) in KiB and open descriptors, from /proc.
+    pub fn rss_kib_and_fds(&self) -> anyhow::Result<(u64, usize)> {
+        let pid = self.pid()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let rss = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .context("no VmRSS")?;
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
+        Ok((rss, fds))
+    }
+
+    /// Entries in a pinned map (e.g. `orig_dst`, `pending`), read with bpftool.
+    pub fn map_entries(&self, map: &str) -> anyhow::Result<usize> {
+        let out = crate::run(
+            cmd("bpftool", ["-j", "map", "dump", "pinned"]).arg(self.pin_dir.join(map)),
+        )?;
+        let value: Value = serde_json::from_slice(&out.stdout)?;
+        Ok(value
+            .as_array()
+            .context("bpftool map dump is not a list")?
+            .len())
+    }
+
+    /// Lines logged at WARN or ERROR.
+    pub fn problems(&self) -> Vec<Value> {
+        self.logs()
+            .into_iter()
+            .filter(|v| v["level"] == "WARN" || v["level"] == "ERROR")
+            .collect()
+    }
+
     /// Sends SIGTERM and waits (up to 10 s) for a clean exit.
     pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
         let mut child = self.child.take().context("daemon already stopped")?;

@@ -40,9 +40,12 @@ impl Nginx {
 pid {d}/nginx.pid;
 error_log {d}/error.log;
 daemon off;
-events {{ worker_connections 1024; }}
+worker_rlimit_nofile 19000;
+events {{ worker_connections 18000; }}
 http {{
     access_log off;
+    keepalive_timeout 120s;
+    keepalive_requests 100000;
     client_body_temp_path {d}/tmp/body;
     proxy_temp_path {d}/tmp/proxy;
     fastcgi_temp_path {d}/tmp/fastcgi;
