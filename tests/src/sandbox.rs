@@ -26,7 +26,8 @@ impl SandboxCgroup {
         self.cgroup.cgroup().path()
     }
 
-    /// Runs `command` to completion inside this cgroup (and `netns`, when given).
+    /// Runs `command` to completion inside this cgroup (and `netns`, when given). A command is
+    /// confined once: do not run the same `Command` again.
     pub fn output(&self, netns: Option<&NetNs>, command: &mut Command) -> anyhow::Result<Output> {
         let ns = netns.map(|ns| GwNetNs::open(&ns.path())).transpose()?;
         let confinement = Confinement::new(self.cgroup.cgroup(), ns.as_ref())?;

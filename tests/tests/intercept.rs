@@ -597,10 +597,11 @@ fn plain_tcp_is_refused_by_default_and_relayed_when_configured() {
     )
     .unwrap();
     let url = format!("http://{}:443/", host.v4);
-    let mut request = cmd("curl", ["-sS", "--max-time", "10", &url]);
+    // A confined command is used once: its pre-exec step holds the cgroup's descriptor.
+    let request = || cmd("curl", ["-sS", "--max-time", "10", &url]);
 
     let mut daemon = env.daemon("");
-    let refused = env.run(&mut request);
+    let refused = env.run(&mut request());
     assert!(
         !refused.status.success(),
         "plain HTTP got through: {refused:?}"
@@ -620,7 +621,7 @@ fn plain_tcp_is_refused_by_default_and_relayed_when_configured() {
     drop(daemon);
 
     let mut daemon = env.daemon("plain_tcp = \"relay\"\n");
-    let body = json(&stdout_ok(&env.run(&mut request)).unwrap());
+    let body = json(&stdout_ok(&env.run(&mut request())).unwrap());
     assert_eq!(body["name"], "plain.test");
     let line = daemon
         .wait_for("the relay", Duration::from_secs(10), |v| {
