@@ -354,3 +354,38 @@ fn clean_stop_detaches_and_unpins() {
     .unwrap();
     assert!(!tree.contains("gateway_"), "programs left attached: {tree}");
 }
+
+#[test]
+fn v4_mapped_ipv6_connects_are_redirected_as_ipv4() {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let site = Site::start(&pki, "up-a.test");
+    let cgroup = SandboxCgroup::new().unwrap();
+    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
+
+    // An AF_INET6 socket dialling ::ffff:a.b.c.d, as dual-stack programs do.
+    let script = format!(
+        "import socket, ssl\n\
+         s = socket.socket(socket.AF_INET6)\n\
+         s.connect(('::ffff:{ip}', 443))\n\
+         t = ssl.create_default_context(cafile='{ca}').wrap_socket(s, server_hostname='up-a.test')\n\
+         t.sendall(b'GET / HTTP/1.1\\r\\nHost: up-a.test\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         data = b''\n\
+         while chunk := t.recv(4096): data += chunk\n\
+         print(data.split(b'\\r\\n\\r\\n', 1)[1].decode())\n",
+        ip = site.host.v4,
+        ca = daemon.ca_file().display(),
+    );
+    let body = json(
+        &stdout_ok(
+            &cgroup
+                .output(None, &mut cmd("python3", ["-c", &script]))
+                .unwrap(),
+        )
+        .unwrap(),
+    );
+    assert_eq!(body["name"], "up-a.test");
+    relayed_line(&mut daemon, &site.socket(false, 443));
+    assert_eq!(daemon.counter(Counter::RedirectedV4 as u32).unwrap(), 1);
+    assert_eq!(daemon.counter(Counter::RedirectedV6 as u32).unwrap(), 0);
+}
