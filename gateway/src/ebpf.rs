@@ -197,24 +197,16 @@ impl Programs {
         };
         // Links are always multi-attach in the kernel; asking for AllowMultiple is EINVAL.
         let mode = CgroupAttachMode::Single;
-        let link: FdLink = if name == SOCK_OPS {
+        let link = if name == SOCK_OPS {
             let program: &mut SockOps = program_mut(&mut self.ebpf, name)?;
             let id = program.attach(cgroup.dir(), mode).map_err(attach_err)?;
-            program
-                .take_link(id)
-                .map_err(attach_err)?
-                .try_into()
-                .map_err(link_err)?
+            program.take_link(id).map_err(attach_err)?.try_into()
         } else {
             let program: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
             let id = program.attach(cgroup.dir(), mode).map_err(attach_err)?;
-            program
-                .take_link(id)
-                .map_err(attach_err)?
-                .try_into()
-                .map_err(link_err)?
+            program.take_link(id).map_err(attach_err)?.try_into()
         };
-        Ok(link)
+        link.map_err(link_err)
     }
 
     /// Forgets a sandbox's config (after its attachment is gone).

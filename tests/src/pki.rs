@@ -63,13 +63,7 @@ impl TestPki {
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
-        let files = CertFiles {
-            cert: self.dir.path().join(format!("{label}.crt")),
-            key: self.dir.path().join(format!("{label}.key")),
-        };
-        fs::write(&files.cert, cert.pem())?;
-        fs::write(&files.key, key.serialize_pem())?;
-        Ok(files)
+        self.write(label, &cert, &key)
     }
 
     /// A gateway config (TOML) trusting this CA for every upstream.
@@ -94,6 +88,15 @@ impl TestPki {
             .push(DnType::CommonName, names.first().copied().unwrap_or(label));
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
+        self.write(label, &cert, &key)
+    }
+
+    fn write(
+        &self,
+        label: &str,
+        cert: &rcgen::Certificate,
+        key: &KeyPair,
+    ) -> anyhow::Result<CertFiles> {
         let files = CertFiles {
             cert: self.dir.path().join(format!("{label}.crt")),
             key: self.dir.path().join(format!("{label}.key")),

@@ -9,7 +9,11 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{net::NetNs, pki::CertFiles, py_script};
+use crate::{
+    net::{NetNs, UpstreamHost},
+    pki::{CertFiles, TestPki},
+    py_script,
+};
 
 /// A running upstream server, killed (by PID) on drop.
 #[derive(Debug)]
@@ -80,5 +84,53 @@ impl Drop for Upstream {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A test host (its own namespace, on a veth) serving HTTPS as `name`: TLS on its IPv4 and
+/// IPv6 addresses, port 443, and plain HTTP on IPv4 port 8443.
+#[derive(Debug)]
+pub struct Site {
+    /// The name the upstream answers with.
+    pub name: String,
+    /// The host and its addresses.
+    pub host: UpstreamHost,
+    _server: Upstream,
+}
+
+impl Site {
+    /// A site whose certificate `pki` issues for `names` and the host's addresses.
+    pub fn start(pki: &TestPki, name: &str, names: &[&str]) -> anyhow::Result<Site> {
+        Site::with_cert(
+            name,
+            |host| pki.issue(name, names, &[host.v4.into(), host.v6.into()]),
+            &[],
+        )
+    }
+
+    /// A site serving the certificate `cert` makes for the host, with extra upstream.py `flags`.
+    pub fn with_cert(
+        name: &str,
+        cert: impl FnOnce(&UpstreamHost) -> anyhow::Result<CertFiles>,
+        flags: &[&str],
+    ) -> anyhow::Result<Site> {
+        let host = UpstreamHost::new()?;
+        let cert = cert(&host)?;
+        let listen = [format!("{}:443", host.v4), format!("[{}]:443", host.v6)];
+        let plain = [format!("{}:8443", host.v4)];
+        let server = Upstream::start_with(&host.ns, name, &cert, &listen, &plain, flags)?;
+        Ok(Site {
+            name: name.into(),
+            host,
+            _server: server,
+        })
+    }
+
+    /// `ip:port` (IPv6 in brackets) of the site.
+    pub fn socket(&self, v6: bool, port: u16) -> String {
+        match self.host.addr(v6) {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+            ip => format!("{ip}:{port}"),
+        }
     }
 }

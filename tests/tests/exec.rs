@@ -13,33 +13,12 @@ use std::{
 
 use gateway::sandbox::cgroup::cgroup2_mount;
 use gateway_tests::{
-    cmd, gateway_bin, net::UpstreamHost, pki::TestPki, require_root, sandbox::stdout_ok,
-    upstream::Upstream,
+    cmd, gateway_bin, pki::TestPki, require_root, sandbox::stdout_ok, upstream::Site,
 };
 use serde_json::Value;
 
-struct Site {
-    host: UpstreamHost,
-    _server: Upstream,
-}
-
 fn site(pki: &TestPki) -> Site {
-    let host = UpstreamHost::new().unwrap();
-    let cert = pki
-        .issue("exec", &["exec.test"], &[host.v4.into()])
-        .unwrap();
-    let server = Upstream::start(
-        &host.ns,
-        "exec.test",
-        &cert,
-        &[format!("{}:443", host.v4)],
-        &[],
-    )
-    .unwrap();
-    Site {
-        host,
-        _server: server,
-    }
+    Site::start(pki, "exec.test", &["exec.test"]).unwrap()
 }
 
 /// A `$GATEWAY_HOME` with a config trusting `pki` (if any) for upstreams.

@@ -20,43 +20,16 @@ use gateway_tests::{
     gateway_bin,
     net::UpstreamHost,
     nginx::Nginx,
-    pki::{CertFiles, TestPki},
+    pki::TestPki,
     py_script, require_root,
     sandbox::{SandboxCgroup, stdout_ok},
-    upstream::Upstream,
+    upstream::{Site, Upstream},
 };
 use serde_json::Value;
 
-/// A test host with a python upstream on 443 answering as `name`.
-struct Site {
-    name: String,
-    host: UpstreamHost,
-    _server: Upstream,
-}
-
-impl Site {
-    fn start(name: &str, cert: impl FnOnce(&UpstreamHost) -> CertFiles) -> Site {
-        let host = UpstreamHost::new().unwrap();
-        let cert = cert(&host);
-        let server =
-            Upstream::start(&host.ns, name, &cert, &[format!("{}:443", host.v4)], &[]).unwrap();
-        Site {
-            name: name.into(),
-            host,
-            _server: server,
-        }
-    }
-
-    /// A site whose certificate `pki` issued for `names` and its IPv4 address.
-    fn issued(pki: &TestPki, name: &str, names: &[&str]) -> Site {
-        Site::start(name, |host| {
-            pki.issue(name, names, &[host.v4.into()]).unwrap()
-        })
-    }
-
-    fn addr(&self) -> String {
-        format!("{}:443", self.host.v4)
-    }
+/// The site's IPv4 HTTPS address.
+fn addr(site: &Site) -> String {
+    site.socket(false, 443)
 }
 
 /// `curl -v` to https://<name><path> resolved to `site`, trusting `ca`.
@@ -122,7 +95,7 @@ impl Env {
 #[test]
 fn curl_http1_sees_a_forged_certificate_and_the_upstream_body() {
     let env = Env::new();
-    let site = Site::issued(&env.pki, "up-a.test", &["up-a.test"]);
+    let site = Site::start(&env.pki, "up-a.test", &["up-a.test"]).unwrap();
     let mut daemon = env.daemon("");
 
     let mut request = curl(&daemon.ca_file(), &site, "up-a.test", "/");
@@ -148,7 +121,7 @@ fn curl_http1_sees_a_forged_certificate_and_the_upstream_body() {
     assert_eq!(line["mode"], "intercept", "{line}");
     assert_eq!(line["sni"], "up-a.test");
     assert_eq!(line["alpn"], "http/1.1");
-    assert_eq!(line["orig_dst"], site.addr());
+    assert_eq!(line["orig_dst"], addr(&site));
 }
 
 #[test]
@@ -199,7 +172,7 @@ fn curl_http2_is_http2_end_to_end() {
 #[test]
 fn python_urllib_trusts_the_exported_ca_and_gets_an_ip_certificate_without_sni() {
     let env = Env::new();
-    let site = Site::issued(&env.pki, "up-a.test", &["up-a.test"]);
+    let site = Site::start(&env.pki, "up-a.test", &["up-a.test"]).unwrap();
     let mut daemon = env.daemon("");
 
     // `gateway ca export`, as an operator would hand the CA to a sandbox image.
@@ -244,7 +217,7 @@ fn openssl_s_client(env: &Env, daemon: &Daemon, site: &Site, version_flag: &str)
             "s_client",
             version_flag,
             "-connect",
-            &site.addr(),
+            &addr(site),
             "-servername",
             &site.name,
             "-CAfile",
@@ -257,7 +230,7 @@ fn openssl_s_client(env: &Env, daemon: &Daemon, site: &Site, version_flag: &str)
 #[test]
 fn openssl_s_client_tls12_and_tls13_see_the_gateway_issuer() {
     let env = Env::new();
-    let site = Site::issued(&env.pki, "up-a.test", &["up-a.test"]);
+    let site = Site::start(&env.pki, "up-a.test", &["up-a.test"]).unwrap();
     let daemon = env.daemon("");
     for (flag, protocol) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
         let out = openssl_s_client(&env, &daemon, &site, flag);
@@ -270,7 +243,7 @@ fn openssl_s_client_tls12_and_tls13_see_the_gateway_issuer() {
 #[test]
 fn bypassed_names_see_the_upstream_certificate() {
     let env = Env::new();
-    let site = Site::issued(&env.pki, "up-b.test", &["up-b.test", "api.up-b.test"]);
+    let site = Site::start(&env.pki, "up-b.test", &["up-b.test", "api.up-b.test"]).unwrap();
     let mut daemon = env.daemon("bypass = [\"*.UP-B.test.\"]\n");
 
     // Trusting only the upstream's own CA works: nothing in between re-signs.
@@ -302,7 +275,7 @@ fn bypassed_names_see_the_upstream_certificate() {
 fn private_ca_upstreams_fail_closed_until_their_ca_is_scoped_to_them() {
     let env = Env::new();
     let private = TestPki::new("private upstream CA").unwrap();
-    let site = Site::issued(&private, "priv.test", &["priv.test"]);
+    let site = Site::start(&private, "priv.test", &["priv.test"]).unwrap();
 
     // Not configured: the client gets an alert, never a working connection; the log says why.
     let mut daemon = env.daemon("");
@@ -340,11 +313,12 @@ fn private_ca_upstreams_fail_closed_until_their_ca_is_scoped_to_them() {
 #[test]
 fn verify_off_applies_only_to_its_pattern() {
     let env = Env::new();
-    let site = Site::start("self.test", |_| {
-        env.pki
-            .self_signed("self", &["a.self.test", "other.test"])
-            .unwrap()
-    });
+    let site = Site::with_cert(
+        "self.test",
+        |_| env.pki.self_signed("self", &["a.self.test", "other.test"]),
+        &[],
+    )
+    .unwrap();
     let mut daemon = env.daemon("[[tls.upstream]]\npattern = \"*.self.test\"\nverify = false\n");
 
     let output = env.run(&mut curl(&daemon.ca_file(), &site, "a.self.test", "/"));
@@ -367,7 +341,7 @@ fn sha256_file(path: &Path) -> String {
 #[test]
 fn large_upload_and_download_arrive_intact() {
     let env = Env::new();
-    let site = Site::issued(&env.pki, "up-a.test", &["up-a.test"]);
+    let site = Site::start(&env.pki, "up-a.test", &["up-a.test"]).unwrap();
     let daemon = env.daemon("");
     let dir = tempfile::tempdir().unwrap();
 
@@ -412,13 +386,13 @@ fn large_upload_and_download_arrive_intact() {
 #[test]
 fn a_hundred_parallel_first_connections_generate_one_certificate() {
     let env = Env::new();
-    let site = Site::issued(&env.pki, "fresh.test", &["fresh.test"]);
+    let site = Site::start(&env.pki, "fresh.test", &["fresh.test"]).unwrap();
     let mut daemon = env.daemon("");
     let mut client = cmd("python3", [py_script("client.py")]);
     client
         .args(["parallel", "--count", "100", "--cafile"])
         .arg(daemon.ca_file());
-    client.args(["--target", &format!("fresh.test={}", site.addr())]);
+    client.args(["--target", &format!("fresh.test={}", addr(&site))]);
     let results = json(&stdout_ok(&env.run(&mut client)).unwrap());
     for result in results.as_array().unwrap() {
         assert_eq!(result["answered_by"], "fresh.test", "{result}");
@@ -449,7 +423,7 @@ fn raw_client(env: &Env, daemon_addr: &str, hex: &str, wait: f64) -> std::proces
 #[test]
 fn garbage_silence_and_truncated_hellos_close_only_their_own_connection() {
     let env = Env::new();
-    let site = Site::issued(&env.pki, "up-a.test", &["up-a.test"]);
+    let site = Site::start(&env.pki, "up-a.test", &["up-a.test"]).unwrap();
     let mut daemon = env.daemon("hello_timeout_ms = 1500\n");
     let hello = include_bytes!("../../gateway/testdata/client-hello/curl-h2-sni.bin");
     let truncated: String = hello[..60].iter().map(|b| format!("{b:02x}")).collect();
@@ -459,9 +433,9 @@ fn garbage_silence_and_truncated_hellos_close_only_their_own_connection() {
         .collect();
 
     let started = Instant::now();
-    let silent = raw_client(&env, &site.addr(), "", 10.0);
-    let partial = raw_client(&env, &site.addr(), &truncated, 10.0);
-    let junk = raw_client(&env, &site.addr(), &garbage, 10.0);
+    let silent = raw_client(&env, &addr(&site), "", 10.0);
+    let partial = raw_client(&env, &addr(&site), &truncated, 10.0);
+    let junk = raw_client(&env, &addr(&site), &garbage, 10.0);
     // Meanwhile a real client is served as usual.
     let output = env.run(&mut curl(&daemon.ca_file(), &site, "up-a.test", "/"));
     assert_eq!(json(&stdout_ok(&output).unwrap())["name"], "up-a.test");
@@ -560,16 +534,12 @@ fn ca_path_and_export_and_half_configured_ca() {
 #[test]
 fn tls12_only_upstreams_and_tls13_clients_meet_through_the_gateway() {
     let env = Env::new();
-    let host = UpstreamHost::new().unwrap();
-    let cert = env.pki.issue("old", &["old.test"], &[]).unwrap();
-    let listen = [format!("{}:443", host.v4)];
-    let _server =
-        Upstream::start_with(&host.ns, "old.test", &cert, &listen, &[], &["--tls12-only"]).unwrap();
-    let site = Site {
-        name: "old.test".into(),
-        host,
-        _server,
-    };
+    let site = Site::with_cert(
+        "old.test",
+        |_| env.pki.issue("old", &["old.test"], &[]),
+        &["--tls12-only"],
+    )
+    .unwrap();
     let daemon = env.daemon("");
     let mut request = curl(&daemon.ca_file(), &site, "old.test", "/");
     request.arg("--tlsv1.3");
@@ -634,14 +604,14 @@ fn plain_tcp_is_refused_by_default_and_relayed_when_configured() {
 #[test]
 fn an_sni_that_cannot_be_a_certificate_name_fails_alone() {
     let env = Env::new();
-    let site = Site::issued(&env.pki, "up-a.test", &["up-a.test"]);
+    let site = Site::start(&env.pki, "up-a.test", &["up-a.test"]).unwrap();
     let mut daemon = env.daemon("");
     let mut client = cmd(
         "openssl",
         [
             "s_client",
             "-connect",
-            &site.addr(),
+            &addr(&site),
             "-servername",
             "snowman.☃",
         ],

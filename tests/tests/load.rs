@@ -17,7 +17,7 @@ use gateway_tests::{
     pki::TestPki,
     py_script, require_root,
     sandbox::{SandboxCgroup, stdout_ok},
-    upstream::Upstream,
+    upstream::Site,
 };
 use serde_json::Value;
 
@@ -149,16 +149,8 @@ fn two_hundred_sandboxes_are_served_at_once() {
     require_root().unwrap();
     let _serial = one_at_a_time();
     let pki = TestPki::new("gateway-tests upstream CA").unwrap();
-    let host = UpstreamHost::new().unwrap();
-    let cert = pki.issue("many", &["many.test"], &[]).unwrap();
-    let _server = Upstream::start(
-        &host.ns,
-        "many.test",
-        &cert,
-        &[format!("{}:443", host.v4)],
-        &[],
-    )
-    .unwrap();
+    let site = Site::start(&pki, "many.test", &["many.test"]).unwrap();
+    let host = &site.host;
     let cgroups: Vec<SandboxCgroup> = (0..200).map(|_| SandboxCgroup::new().unwrap()).collect();
     let specs: Vec<String> = cgroups
         .iter()
@@ -208,16 +200,8 @@ fn a_thousand_hostile_connections_leave_the_daemon_and_other_sandboxes_unharmed(
     require_root().unwrap();
     let _serial = one_at_a_time();
     let pki = TestPki::new("gateway-tests upstream CA").unwrap();
-    let host = UpstreamHost::new().unwrap();
-    let cert = pki.issue("calm", &["calm.test"], &[]).unwrap();
-    let _server = Upstream::start(
-        &host.ns,
-        "calm.test",
-        &cert,
-        &[format!("{}:443", host.v4)],
-        &[],
-    )
-    .unwrap();
+    let site = Site::start(&pki, "calm.test", &["calm.test"]).unwrap();
+    let host = &site.host;
     let hostile = SandboxCgroup::new().unwrap();
     let calm = SandboxCgroup::new().unwrap();
     let specs = [

@@ -11,45 +11,13 @@ use gateway_common::Counter;
 use gateway_tests::{
     cmd,
     daemon::Daemon,
-    net::{NetNs, UpstreamHost},
+    net::NetNs,
     pki::TestPki,
     py_script, require_root,
     sandbox::{SandboxCgroup, stdout_ok},
-    upstream::Upstream,
+    upstream::Site,
 };
 use serde_json::Value;
-
-/// An upstream host serving HTTPS as `name` on 443 (IPv4 and IPv6) and plain HTTP on 8443.
-struct Site {
-    name: String,
-    host: UpstreamHost,
-    _server: Upstream,
-}
-
-impl Site {
-    fn start(pki: &TestPki, name: &str) -> Site {
-        let host = UpstreamHost::new().expect("create upstream host");
-        let cert = pki
-            .issue(name, &[name], &[host.v4.into(), host.v6.into()])
-            .expect("issue upstream cert");
-        let listen = [format!("{}:443", host.v4), format!("[{}]:443", host.v6)];
-        let plain = [format!("{}:8443", host.v4)];
-        let server =
-            Upstream::start(&host.ns, name, &cert, &listen, &plain).expect("start upstream");
-        Site {
-            name: name.into(),
-            host,
-            _server: server,
-        }
-    }
-
-    fn socket(&self, v6: bool, port: u16) -> String {
-        match self.host.addr(v6) {
-            IpAddr::V6(ip) => format!("[{ip}]:{port}"),
-            ip => format!("{ip}:{port}"),
-        }
-    }
-}
 
 /// curl https://<site>/ resolved to the site's address of the given family, trusting `ca`.
 fn curl(ca: &Path, site: &Site, v6: bool) -> Command {
@@ -93,7 +61,7 @@ fn relayed_line(daemon: &mut Daemon, orig_dst: &str) -> Value {
 fn sandbox_curl_goes_through_gateway(v6: bool) {
     require_root().unwrap();
     let pki = TestPki::new("gateway-tests upstream CA").unwrap();
-    let site = Site::start(&pki, "up-a.test");
+    let site = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
     let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
 
@@ -147,8 +115,8 @@ fn sandbox_curl_v6_goes_through_gateway() {
 fn parallel_connections_reach_their_own_destinations() {
     require_root().unwrap();
     let pki = TestPki::new("gateway-tests upstream CA").unwrap();
-    let a = Site::start(&pki, "up-a.test");
-    let b = Site::start(&pki, "up-b.test");
+    let a = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
+    let b = Site::start(&pki, "up-b.test", &["up-b.test"]).unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
     let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
 
@@ -201,7 +169,7 @@ fn parallel_connections_reach_their_own_destinations() {
 fn outside_processes_and_other_ports_are_untouched() {
     require_root().unwrap();
     let pki = TestPki::new("gateway-tests upstream CA").unwrap();
-    let site = Site::start(&pki, "up-a.test");
+    let site = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
     let daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
 
@@ -234,7 +202,7 @@ fn outside_processes_and_other_ports_are_untouched() {
 fn sandbox_with_only_loopback_reaches_upstream_through_gateway() {
     require_root().unwrap();
     let pki = TestPki::new("gateway-tests upstream CA").unwrap();
-    let site = Site::start(&pki, "up-a.test");
+    let site = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
     let netns = NetNs::new("gws").unwrap();
 
@@ -302,7 +270,7 @@ fn dialling_the_listener_directly_is_refused() {
 fn sandbox_traffic_fails_closed_when_the_daemon_dies() {
     require_root().unwrap();
     let pki = TestPki::new("gateway-tests upstream CA").unwrap();
-    let site = Site::start(&pki, "up-a.test");
+    let site = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
     let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
     stdout_ok(
@@ -359,7 +327,7 @@ fn clean_stop_detaches_and_unpins() {
 fn v4_mapped_ipv6_connects_are_redirected_as_ipv4() {
     require_root().unwrap();
     let pki = TestPki::new("gateway-tests upstream CA").unwrap();
-    let site = Site::start(&pki, "up-a.test");
+    let site = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
     let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
 

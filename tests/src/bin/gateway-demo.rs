@@ -7,9 +7,7 @@
 use std::process::{ExitCode, Stdio};
 
 use anyhow::Context as _;
-use gateway_tests::{
-    cmd, gateway_bin, net::UpstreamHost, pki::TestPki, require_root, upstream::Upstream,
-};
+use gateway_tests::{cmd, gateway_bin, pki::TestPki, require_root, upstream::Site};
 
 fn main() -> ExitCode {
     match demo() {
@@ -25,15 +23,9 @@ fn main() -> ExitCode {
 fn demo() -> anyhow::Result<bool> {
     require_root()?;
     let pki = TestPki::new("gateway demo upstream CA")?;
-    let host = UpstreamHost::new().context("creating the demo upstream's network namespace")?;
-    let cert = pki.issue("demo", &["demo.test"], &[])?;
-    let _server = Upstream::start(
-        &host.ns,
-        "demo.test",
-        &cert,
-        &[format!("{}:443", host.v4)],
-        &[],
-    )?;
+    let site =
+        Site::start(&pki, "demo.test", &["demo.test"]).context("starting the demo upstream")?;
+    let host = &site.host;
     println!(
         "== upstream: https://demo.test/ at {}:443 in netns {} (veth, host side {})",
         host.v4,

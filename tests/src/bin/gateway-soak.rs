@@ -12,8 +12,8 @@ use std::{
 
 use anyhow::bail;
 use gateway_tests::{
-    cmd, daemon::Daemon, net::UpstreamHost, pki::TestPki, py_script, require_root, sandbox::SandboxCgroup,
-    upstream::Upstream,
+    cmd, daemon::Daemon, pki::TestPki, py_script, require_root, sandbox::SandboxCgroup,
+    upstream::Site,
 };
 
 /// Connections started per round, per kind.
@@ -42,7 +42,13 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [Kind::Intercept, Kind::Bypass, Kind::Refused, Kind::UpstreamReset, Kind::Unreachable];
+    const ALL: [Kind; 5] = [
+        Kind::Intercept,
+        Kind::Bypass,
+        Kind::Refused,
+        Kind::UpstreamReset,
+        Kind::Unreachable,
+    ];
 
     fn must_succeed(self) -> bool {
         matches!(self, Kind::Intercept | Kind::Bypass)
@@ -51,7 +57,7 @@ impl Kind {
 
 struct Rig {
     pki: TestPki,
-    host: UpstreamHost,
+    site: Site,
     daemon: Daemon,
     cgroup: SandboxCgroup,
 }
@@ -59,19 +65,47 @@ struct Rig {
 impl Rig {
     fn command(&self, kind: Kind) -> Command {
         let curl = |ca: &Path, name: &str, ip: Ipv4Addr, path: &str| {
-            let mut command = cmd("curl", ["-sS", "--max-time", "20", "-o", "/dev/null", "--cacert"]);
-            command.arg(ca).args(["--resolve", &format!("{name}:443:{ip}"), &format!("https://{name}{path}")]);
+            let mut command = cmd(
+                "curl",
+                ["-sS", "--max-time", "20", "-o", "/dev/null", "--cacert"],
+            );
+            command.arg(ca).args([
+                "--resolve",
+                &format!("{name}:443:{ip}"),
+                &format!("https://{name}{path}"),
+            ]);
             command
         };
         let mut command = match kind {
-            Kind::Intercept => curl(&self.daemon.ca_file(), "soak.test", self.host.v4, "/bytes/65536"),
-            Kind::Bypass => curl(&self.pki.ca_file(), "by.soak.test", self.host.v4, "/"),
-            Kind::UpstreamReset => curl(&self.daemon.ca_file(), "soak.test", self.host.v4, "/reset"),
+            Kind::Intercept => curl(
+                &self.daemon.ca_file(),
+                "soak.test",
+                self.site.host.v4,
+                "/bytes/65536",
+            ),
+            Kind::Bypass => curl(&self.pki.ca_file(), "by.soak.test", self.site.host.v4, "/"),
+            Kind::UpstreamReset => curl(
+                &self.daemon.ca_file(),
+                "soak.test",
+                self.site.host.v4,
+                "/reset",
+            ),
             // The host side of the veth: a real address where nothing listens on 443.
-            Kind::Unreachable => curl(&self.daemon.ca_file(), "soak.test", self.host.host_v4, "/"),
+            Kind::Unreachable => curl(
+                &self.daemon.ca_file(),
+                "soak.test",
+                self.site.host.host_v4,
+                "/",
+            ),
             Kind::Refused => {
                 let mut raw = cmd("python3", [py_script("client.py")]);
-                raw.args(["raw", &self.host.v4.to_string(), "443", "474554202f20485454502f312e310d0a0d0a", "5"]);
+                raw.args([
+                    "raw",
+                    &self.site.host.v4.to_string(),
+                    "443",
+                    "474554202f20485454502f312e310d0a0d0a",
+                    "5",
+                ]);
                 raw
             }
         };
@@ -82,21 +116,33 @@ impl Rig {
 
 fn soak() -> anyhow::Result<()> {
     require_root()?;
-    let seconds: u64 = std::env::var("SOAK_SECONDS").ok().map(|s| s.parse()).transpose()?.unwrap_or(600);
+    let seconds: u64 = std::env::var("SOAK_SECONDS")
+        .ok()
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(600);
     let pki = TestPki::new("gateway soak upstream CA")?;
-    let host = UpstreamHost::new()?;
-    let cert = pki.issue("soak", &["soak.test", "by.soak.test"], &[])?;
-    let _server = Upstream::start(&host.ns, "soak.test", &cert, &[format!("{}:443", host.v4)], &[])?;
+    let site = Site::start(&pki, "soak.test", &["soak.test", "by.soak.test"])?;
     let cgroup = SandboxCgroup::new()?;
-    let config = format!("{}bypass = [\"by.soak.test\"]\nhello_timeout_ms = 2000\n", pki.trusted_config());
+    let config = format!(
+        "{}bypass = [\"by.soak.test\"]\nhello_timeout_ms = 2000\n",
+        pki.trusted_config()
+    );
     let daemon = Daemon::start_with(
         &[cgroup.path().display().to_string()],
         &config,
         &["--connect-timeout", "1s", "--idle-timeout", "5s"],
     )?;
-    let rig = Rig { pki, host, daemon, cgroup };
+    let rig = Rig {
+        pki,
+        site,
+        daemon,
+        cgroup,
+    };
     let (rss_before, fds_before) = rig.daemon.rss_kib_and_fds()?;
-    println!("soak: {seconds} s; daemon RSS {rss_before} KiB, {fds_before} descriptors at the start");
+    println!(
+        "soak: {seconds} s; daemon RSS {rss_before} KiB, {fds_before} descriptors at the start"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let mut started = [0usize; 5];
@@ -126,7 +172,10 @@ fn soak() -> anyhow::Result<()> {
         }
     }
     let total: usize = started.iter().sum();
-    println!("soak: {rounds} rounds, {total} connections: {:?}", Kind::ALL.iter().zip(started).collect::<Vec<_>>());
+    println!(
+        "soak: {rounds} rounds, {total} connections: {:?}",
+        Kind::ALL.iter().zip(started).collect::<Vec<_>>()
+    );
 
     // Quiescence: every connection logged, then the leak checks.
     let expected_logged = total;
@@ -144,13 +193,17 @@ fn soak() -> anyhow::Result<()> {
     );
     let mut problems = Vec::new();
     if failed_must_succeed > 0 {
-        problems.push(format!("{failed_must_succeed} intercepted/bypassed connections failed"));
+        problems.push(format!(
+            "{failed_must_succeed} intercepted/bypassed connections failed"
+        ));
     }
     if fds_after != fds_before {
         problems.push(format!("descriptors {fds_before} -> {fds_after}"));
     }
     if orig_dst != 0 || pending != 0 {
-        problems.push(format!("map entries left: ORIG_DST {orig_dst}, PENDING {pending}"));
+        problems.push(format!(
+            "map entries left: ORIG_DST {orig_dst}, PENDING {pending}"
+        ));
     }
     if rss_after > rss_before + 16 * 1024 {
         problems.push(format!("RSS {rss_before} -> {rss_after} KiB"));
