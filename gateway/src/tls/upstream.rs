@@ -228,3 +228,85 @@ impl ServerCertVerifier for NoVerify {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{TlsConfig, UpstreamRule};
+
+    fn rule(pattern: &str, verify: bool) -> UpstreamRule {
+        UpstreamRule {
+            pattern: Pattern::parse(pattern).unwrap(),
+            extra_ca_files: Vec::new(),
+            verify,
+        }
+    }
+
+    #[test]
+    fn the_most_specific_pattern_wins() {
+        let tls = TlsConfig {
+            upstream: vec![
+                rule("*.test", true),
+                rule("*.a.test", false),
+                rule("x.a.test", true),
+            ],
+            ..TlsConfig::default()
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let connectors = Connectors::build(&tls, &provider).unwrap();
+        let verify = |name: Option<&str>| connectors.for_name(name).1;
+        assert!(verify(Some("x.a.test")), "exact beats wildcard");
+        assert!(!verify(Some("y.a.test")), "longer suffix beats shorter");
+        assert!(!verify(Some("a.test")), "a wildcard matches its apex");
+        assert!(verify(Some("b.test")));
+        assert!(
+            verify(Some("other.example")),
+            "no rule: the default verifies"
+        );
+        assert!(verify(None));
+    }
+
+    #[test]
+    fn identical_settings_share_one_connector() {
+        let tls = TlsConfig {
+            upstream: vec![
+                rule("a.test", false),
+                rule("b.test", false),
+                rule("c.test", true),
+            ],
+            ..TlsConfig::default()
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let connectors = Connectors::build(&tls, &provider).unwrap();
+        let a = connectors.for_name(Some("a.test")).0;
+        let b = connectors.for_name(Some("b.test")).0;
+        let c = connectors.for_name(Some("c.test")).0;
+        assert!(Arc::ptr_eq(a, b));
+        assert!(
+            Arc::ptr_eq(c, connectors.for_name(None).0),
+            "verify on, no extra CA: the default"
+        );
+    }
+
+    #[test]
+    fn unusable_ca_files_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "nothing\n").unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        for (path, expected) in [
+            (dir.path().join("missing.pem"), "No such file"),
+            (empty, "holds no certificate"),
+        ] {
+            let tls = TlsConfig {
+                extra_ca_files: vec![path.clone()],
+                ..TlsConfig::default()
+            };
+            let err = Connectors::build(&tls, &provider).unwrap_err().to_string();
+            assert!(
+                err.contains(&path.display().to_string()) && err.contains(expected),
+                "{err}"
+            );
+        }
+    }
+}
