@@ -4,8 +4,9 @@ use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr},
     helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
-    macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{HashMap, LruHashMap},
+    macros::{btf_map, cgroup_sock_addr, map, sock_ops},
+    maps::PerCpuArray,
     programs::{SockAddrContext, SockOpsContext},
 };
 use gateway_common::{ClientKey, Counter, OrigDstEntry, SandboxConf, is_v4_mapped, v4_mapped};
@@ -33,14 +34,15 @@ const MAX_CGROUP_DEPTH: i32 = 16;
 const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
 
-#[map]
-static SANDBOXES: HashMap<u64, SandboxConf> = HashMap::with_max_entries(4096, 0);
+// BTF maps, so `bpftool map dump` shows field names.
+#[btf_map]
+static SANDBOXES: HashMap<u64, SandboxConf, 4096> = HashMap::new();
 
-#[map]
-static PENDING: LruHashMap<u64, OrigDstEntry> = LruHashMap::with_max_entries(65536, 0);
+#[btf_map]
+static PENDING: LruHashMap<u64, OrigDstEntry, 65536> = LruHashMap::new();
 
-#[map]
-static ORIG_DST: LruHashMap<ClientKey, OrigDstEntry> = LruHashMap::with_max_entries(65536, 0);
+#[btf_map]
+static ORIG_DST: LruHashMap<ClientKey, OrigDstEntry, 65536> = LruHashMap::new();
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::LEN, 0);
