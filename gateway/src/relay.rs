@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::time::Instant;
+use tokio::{net::TcpStream, time::Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -49,14 +49,33 @@ pub struct RelayError {
 
 /// Copies both ways until both sides have closed their sending half. An EOF from one side is
 /// passed on as a shutdown of the other side's write half, so half-closed protocols work.
-/// Works on plain TCP and on TLS streams alike.
+/// For TLS streams (which cannot be split without a lock); plain TCP uses [`relay_tcp`].
 pub async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> Result<RelayStats, RelayError>
 where
     C: AsyncRead + AsyncWrite,
     U: AsyncRead + AsyncWrite,
 {
-    let (mut client_rx, mut client_tx) = tokio::io::split(client);
-    let (mut upstream_rx, mut upstream_tx) = tokio::io::split(upstream);
+    let (client_rx, client_tx) = tokio::io::split(client);
+    let (upstream_rx, upstream_tx) = tokio::io::split(upstream);
+    relay_halves((client_rx, client_tx), (upstream_rx, upstream_tx), idle).await
+}
+
+/// [`relay`] for two TCP streams, whose halves need no lock.
+pub async fn relay_tcp(client: TcpStream, upstream: TcpStream, idle: Duration) -> Result<RelayStats, RelayError> {
+    relay_halves(client.into_split(), upstream.into_split(), idle).await
+}
+
+async fn relay_halves<CR, CW, UR, UW>(
+    (mut client_rx, mut client_tx): (CR, CW),
+    (mut upstream_rx, mut upstream_tx): (UR, UW),
+    idle: Duration,
+) -> Result<RelayStats, RelayError>
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
     let mut stats = RelayStats::default();
     let (up_done, down_done) = (AtomicBool::new(false), AtomicBool::new(false));
     let activity = Activity::new();
@@ -192,7 +211,7 @@ fn is_normal_close(err: &io::Error, dir: Direction<'_>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
 
     async fn pair() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -236,6 +236,8 @@ fn forge(
         .with_single_cert(chain, key_der)
         .map_err(config_err)?;
     config.alpn_protocols = alpn.into_iter().collect();
+    // Our suite order (AES-128-GCM first, see `crypto_provider`) rather than the client's.
+    config.ignore_client_order = true;
     Ok(Leaf {
         config: Arc::new(config),
         not_after,

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     config::PlainTcp,
     net::OrigDst,
-    relay::{RelayError, RelayStats, Timeouts, relay},
+    relay::{RelayError, RelayStats, Timeouts, relay, relay_tcp},
 };
 
 /// TLS alert descriptions sent to the client when interception cannot proceed.
@@ -233,7 +233,7 @@ async fn splice(
             stats: RelayStats::default(),
             source,
         })?;
-    let mut stats = relay(client, upstream, timeouts.idle).await?;
+    let mut stats = relay_tcp(client, upstream, timeouts.idle).await?;
     stats.bytes_up += prefix.len() as u64;
     Ok(stats)
 }
