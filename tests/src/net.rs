@@ -3,7 +3,6 @@
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
-    sync::atomic::{AtomicU8, Ordering},
 };
 
 use anyhow::Context as _;
@@ -70,13 +69,45 @@ pub struct UpstreamHost {
     pub host_v6: Ipv6Addr,
     /// The upstream's IPv6 address.
     pub v6: Ipv6Addr,
+    /// Holds the subnet for this host against other test processes (tests, bench, soak, demo).
+    _subnet: SubnetLease,
+}
+
+/// An exclusive lock on subnet N (198.18.N.0/30, fd67:7761:0:N::/64) across processes.
+#[derive(Debug)]
+struct SubnetLease {
+    n: u8,
+    _lock: std::fs::File,
+}
+
+impl SubnetLease {
+    const DIR: &str = "/run/gateway-tests";
+
+    /// The first free subnet, locked until dropped (an exiting process releases it).
+    fn take() -> anyhow::Result<Self> {
+        std::fs::create_dir_all(Self::DIR)?;
+        for n in 1..=250u8 {
+            let file = std::fs::File::create(format!("{}/subnet-{n}.lock", Self::DIR))?;
+            // SAFETY: flock on a descriptor we own; non-blocking.
+            if unsafe {
+                libc::flock(
+                    std::os::fd::AsRawFd::as_raw_fd(&file),
+                    libc::LOCK_EX | libc::LOCK_NB,
+                )
+            } == 0
+            {
+                return Ok(SubnetLease { n, _lock: file });
+            }
+        }
+        anyhow::bail!("all 250 test subnets are in use (locks in {})", Self::DIR)
+    }
 }
 
 impl UpstreamHost {
     /// Creates the namespace, the veth pair and the addresses.
     pub fn new() -> anyhow::Result<Self> {
-        static NEXT_SUBNET: AtomicU8 = AtomicU8::new(1);
-        let n = NEXT_SUBNET.fetch_add(1, Ordering::Relaxed);
+        let subnet = SubnetLease::take()?;
+        let n = subnet.n;
         let ns = NetNs::new("gwt")?;
         let veth = unique("gv");
         let peer = format!("{veth}p");
@@ -87,6 +118,7 @@ impl UpstreamHost {
             v4: Ipv4Addr::new(198, 18, n, 2),
             host_v6: format!("fd67:7761:0:{n:x}::1").parse()?,
             v6: format!("fd67:7761:0:{n:x}::2").parse()?,
+            _subnet: subnet,
         };
         run(&mut cmd(
             "ip",

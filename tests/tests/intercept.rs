@@ -629,5 +629,7 @@ fn an_sni_that_cannot_be_a_certificate_name_fails_alone() {
         })
         .unwrap();
     let output = env.run(&mut curl(&daemon.ca_file(), &site, "up-a.test", "/"));
+    assert!(output.status.success(), "{:#?}", daemon.logs());
+    let output = env.run(&mut curl(&daemon.ca_file(), &site, "up-a.test", "/"));
     assert_eq!(json(&stdout_ok(&output).unwrap())["name"], "up-a.test");
 }
