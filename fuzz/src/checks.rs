@@ -1,0 +1,235 @@
+//! Invariants checked on every fuzz input; they panic when one does not hold.
+//!
+//! Shared by the fuzz targets (through `gateway_fuzz::checks`) and by the regression test
+//! `gateway/tests/fuzz_regressions.rs` (through `#[path]`). The parent module must provide
+//! `hello` (the gateway's `tls::hello`) and `config` (the gateway's `config`).
+
+use std::path::Path;
+
+use super::config::{Config, ConfigError, Pattern};
+use super::hello::{self, Incomplete, MAX_HELLO_LEN, Parsed, ServerName};
+
+/// How many prefixes of an input are parsed besides the input itself.
+const PREFIXES: usize = 64;
+
+/// The file name `config` passes to `Config::parse`, which every error must start with.
+pub const CONFIG_PATH: &str = "fuzz.toml";
+
+/// ClientHello parser: never panics, and its answers are consistent across prefixes.
+pub fn client_hello(data: &[u8]) {
+    let full = hello::parse(data);
+    check_parsed(data, &full);
+
+    // A decision, once made on a prefix, is final: more bytes never change it. This also
+    // covers "every strict prefix of a hello is Incomplete" (a prefix cannot hold `len` bytes).
+    for cut in spread(data.len(), PREFIXES) {
+        let prefix = &data[..cut];
+        let partial = hello::parse(prefix);
+        check_parsed(prefix, &partial);
+        if partial.is_ok() {
+            assert_eq!(partial, full, "prefix of {cut} bytes decided differently");
+        }
+    }
+
+    if let Ok(Parsed::Hello(h)) = &full {
+        // The hello is exactly its first `len` bytes: they alone give the same answer...
+        assert_eq!(hello::parse(&data[..h.len]), full, "hello alone");
+        // ...and any fewer are not enough (checked at the edges, where mistakes live).
+        let cuts = [
+            0,
+            1,
+            4,
+            5,
+            6,
+            9,
+            h.len / 2,
+            h.len.saturating_sub(2),
+            h.len - 1,
+        ];
+        for cut in cuts.into_iter().filter(|&cut| cut < h.len) {
+            assert_eq!(
+                hello::parse(&data[..cut]),
+                Err(Incomplete),
+                "strict prefix of {cut} of a {}-byte hello",
+                h.len
+            );
+        }
+    }
+
+    if let Ok(text) = std::str::from_utf8(data) {
+        server_name(text);
+    }
+}
+
+/// What holds for any single answer of the parser.
+fn check_parsed(data: &[u8], parsed: &Result<Parsed, Incomplete>) {
+    match parsed {
+        Ok(Parsed::Hello(h)) => {
+            assert!(h.len > 0, "empty hello");
+            assert!(h.len <= data.len(), "hello longer than the input");
+            assert!(h.len <= MAX_HELLO_LEN, "hello over the size limit");
+            if let Some(name) = &h.sni {
+                check_normalized(name);
+            }
+            for protocol in &h.alpn {
+                assert!(
+                    !protocol.is_empty() && protocol.len() <= 255,
+                    "{protocol:?}"
+                );
+            }
+        }
+        Ok(Parsed::NotTls { reason }) => assert!(!reason.is_empty(), "empty reason"),
+        // Waiting only makes sense while the hello could still fit: every record end is
+        // checked against MAX_HELLO_LEN before the parser asks for it, and a further record
+        // header is only awaited when its bytes still fit too.
+        Err(Incomplete) => assert!(
+            data.len() < MAX_HELLO_LEN,
+            "Incomplete at {} bytes",
+            data.len()
+        ),
+    }
+}
+
+/// `ServerName::new` accepts exactly the documented names and normalizes them as documented.
+fn server_name(text: &str) {
+    let stripped = text.strip_suffix('.').unwrap_or(text);
+    let valid = !stripped.is_empty()
+        && stripped.len() <= 253
+        && !stripped
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b' ' || b == b'/');
+    let name = ServerName::new(text);
+    assert_eq!(
+        name.is_some(),
+        valid,
+        "ServerName::new({text:?}) = {name:?}"
+    );
+    if let Some(name) = name {
+        check_normalized(&name);
+        assert_eq!(name.as_str(), stripped.to_ascii_lowercase());
+        // Only one trailing dot is removed, so a second one stays.
+        if name.as_str().ends_with('.') {
+            assert!(text.ends_with(".."), "{text:?} -> {name:?}");
+        }
+        assert_eq!(name.to_string(), name.as_str());
+    }
+}
+
+fn check_normalized(name: &ServerName) {
+    let s = name.as_str();
+    assert!(!s.is_empty() && s.len() <= 253, "{s:?}");
+    assert!(!s.bytes().any(|b| b.is_ascii_uppercase()), "{s:?}");
+    assert!(
+        !s.bytes()
+            .any(|b| b.is_ascii_control() || b == b' ' || b == b'/'),
+        "{s:?}"
+    );
+}
+
+/// Config parser: never panics, errors name the file and stay on one line, accepted values
+/// are within the documented bounds.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Config::parse(text, Path::new(CONFIG_PATH)) {
+        Ok(config) => check_config(&config),
+        Err(error) => check_config_error(&error),
+    }
+    pattern(text);
+    // Config-shaped inputs rarely are a pattern as a whole; their quoted strings may be.
+    for quoted in text.split('"').skip(1).step_by(2).take(16) {
+        pattern(quoted);
+    }
+}
+
+fn check_config_error(error: &ConfigError) {
+    let text = error.to_string();
+    assert!(
+        text.starts_with(&format!("{CONFIG_PATH}: ")),
+        "error does not name the file: {text:?}"
+    );
+    // The errors go to logs: no line break of any kind (config.rs `one_line`).
+    let breaks = [
+        '\n', '\r', '\u{b}', '\u{c}', '\u{85}', '\u{2028}', '\u{2029}',
+    ];
+    assert!(!text.contains(breaks), "error spans lines: {text:?}");
+}
+
+fn check_config(config: &Config) {
+    let tls = &config.tls;
+    assert!((1..=8760).contains(&tls.validity_hours), "{tls:?}");
+    assert!(tls.cache_capacity > 0, "{tls:?}");
+    let millis = tls.hello_timeout.as_millis();
+    assert!((1..=60_000).contains(&millis), "{tls:?}");
+    if let Some(ca) = &tls.ca {
+        assert!(!ca.cert.as_os_str().is_empty() && !ca.key.as_os_str().is_empty());
+    }
+    let rule_files = tls.upstream.iter().flat_map(|rule| &rule.extra_ca_files);
+    for file in tls.extra_ca_files.iter().chain(rule_files) {
+        assert!(!file.as_os_str().is_empty(), "{tls:?}");
+    }
+    for pattern in tls
+        .bypass
+        .iter()
+        .chain(tls.upstream.iter().map(|rule| &rule.pattern))
+    {
+        check_pattern(pattern);
+    }
+    for (i, rule) in tls.upstream.iter().enumerate() {
+        let later = tls.upstream.iter().skip(i + 1);
+        assert!(
+            later
+                .map(|other| &other.pattern)
+                .all(|p| *p != rule.pattern),
+            "duplicate upstream pattern {}",
+            rule.pattern
+        );
+    }
+}
+
+/// `Pattern::parse` never panics; what it accepts round-trips and matches its own name.
+fn pattern(text: &str) {
+    let Some(parsed) = Pattern::parse(text) else {
+        return;
+    };
+    check_pattern(&parsed);
+    // Case-insensitive: the upper-cased text is the same pattern.
+    assert_eq!(
+        Pattern::parse(&text.to_ascii_uppercase()).as_ref(),
+        Some(&parsed),
+        "{text:?}"
+    );
+}
+
+fn check_pattern(parsed: &Pattern) {
+    let shown = parsed.to_string();
+    assert_eq!(Pattern::parse(&shown).as_ref(), Some(parsed), "{shown:?}");
+    let name = shown.trim_start_matches("*.");
+    assert!(parsed.matches(name), "{shown:?} does not match {name:?}");
+    assert!(!name.is_empty() && name.len() <= 253, "{shown:?}");
+    assert!(
+        !name.bytes().any(|b| b.is_ascii_uppercase() || b == b'*'),
+        "{shown:?}"
+    );
+    assert!(!name.ends_with('.') && !name.starts_with('.'), "{shown:?}");
+    // Only whole labels are added below the name.
+    assert!(!parsed.matches(&format!("x{name}")), "{shown:?}");
+    match parsed {
+        Pattern::Exact(exact) => {
+            assert_eq!(exact, name);
+            assert!(!parsed.matches(&format!("x.{name}")), "{shown:?}");
+        }
+        Pattern::Suffix(suffix) => {
+            assert_eq!(suffix, name);
+            assert!(parsed.matches(&format!("x.{name}")), "{shown:?}");
+            assert!(!parsed.matches(&format!(".{name}")), "{shown:?}");
+        }
+    }
+}
+
+/// Up to `count` lengths spread over `0..len` (all of them when `len <= count`).
+fn spread(len: usize, count: usize) -> impl Iterator<Item = usize> {
+    let step = len.div_ceil(count).max(1);
+    (0..len).step_by(step)
+}
