@@ -61,7 +61,11 @@ where
 }
 
 /// [`relay`] for two TCP streams, whose halves need no lock.
-pub async fn relay_tcp(client: TcpStream, upstream: TcpStream, idle: Duration) -> Result<RelayStats, RelayError> {
+pub async fn relay_tcp(
+    client: TcpStream,
+    upstream: TcpStream,
+    idle: Duration,
+) -> Result<RelayStats, RelayError> {
     relay_halves(client.into_split(), upstream.into_split(), idle).await
 }
 
@@ -190,6 +194,9 @@ where
         }
         dir.activity.touch();
         tx.write_all(&buf[..n]).await.map_err(|e| (dir.name, e))?;
+        // A TLS writer may keep records buffered after write_all; without a flush they would
+        // wait for the next read, which on a keep-alive connection may never come.
+        tx.flush().await.map_err(|e| (dir.name, e))?;
         *count += n as u64;
         if n == buf.len() && buf.len() < BUF_MAX {
             buf.resize(buf.len() * 2, 0);
