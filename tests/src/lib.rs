@@ -2,6 +2,7 @@
 //! upstream servers and gateway daemons that always clean up, plus helpers to run real clients
 //! inside a sandbox. Setup failures are errors (tests fail loudly), never skips.
 
+pub mod bench;
 pub mod daemon;
 pub mod net;
 pub mod nginx;

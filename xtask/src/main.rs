@@ -28,6 +28,12 @@ enum Task {
     Test,
     /// Install the build and test prerequisites (apt packages, rust-src, bpf-linker, bpffs).
     Setup,
+    /// Benchmark the release gateway against going direct; writes bench/results/latest.md.
+    Bench {
+        /// Extra gateway-bench flags (e.g. `--duration 5 --rounds 1 --only new,keepalive`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,7 +57,40 @@ fn main() -> anyhow::Result<()> {
             )
         }
         Task::Test => test(&root),
+        Task::Bench { args } => bench(&root, &args),
     }
+}
+
+fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
+    setup(root)?;
+    let mut command = Command::new("bash");
+    command.arg(root.join("scripts/setup-bench.sh"));
+    step("setup (bench)", command)?;
+    step(
+        "build the gateway (release)",
+        cargo(root, &["build", "--release", "-p", "gateway"]),
+    )?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let mut run = cargo(
+        root,
+        &[
+            "run",
+            "-q",
+            "--release",
+            "-p",
+            "gateway-tests",
+            "--bin",
+            "gateway-bench",
+            "--",
+        ],
+    );
+    run.arg("--gateway")
+        .arg(target.join("release/gateway"))
+        .arg("--out")
+        .arg(root.join("bench/results/latest.md"))
+        .args(args);
+    step("bench", run)
 }
 
 fn setup(root: &Path) -> anyhow::Result<()> {
