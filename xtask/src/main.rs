@@ -34,6 +34,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// A 10-minute mixed load (SOAK_SECONDS to change) with leak checks at the end.
+    Soak,
+    /// Run each cargo-fuzz target for 10 minutes (FUZZ_SECONDS to change); fails on a crash.
+    Fuzz,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,7 +62,38 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test => test(&root),
         Task::Bench { args } => bench(&root, &args),
+        Task::Soak => {
+            setup(&root)?;
+            step(
+                "build the gateway",
+                cargo(&root, &["build", "--release", "-p", "gateway"]),
+            )?;
+            let mut soak = cargo(
+                &root,
+                &[
+                    "run",
+                    "-q",
+                    "--release",
+                    "-p",
+                    "gateway-tests",
+                    "--bin",
+                    "gateway-soak",
+                ],
+            );
+            soak.env("GATEWAY_BIN", target_dir(&root).join("release/gateway"));
+            step("soak", soak)
+        }
+        Task::Fuzz => {
+            setup(&root)?;
+            let mut fuzz = Command::new("bash");
+            fuzz.arg(root.join("scripts/fuzz.sh")).current_dir(&root);
+            step("fuzz", fuzz)
+        }
     }
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
 }
 
 fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
@@ -70,8 +105,7 @@ fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
         "build the gateway (release)",
         cargo(root, &["build", "--release", "-p", "gateway"]),
     )?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target = target_dir(root);
     let mut run = cargo(
         root,
         &[
@@ -208,8 +242,7 @@ fn test_step(name: &str, mut command: Command) -> anyhow::Result<Tally> {
 }
 
 fn gateway_bin(root: &Path) -> PathBuf {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target = target_dir(root);
     target.join("debug/gateway")
 }
 
