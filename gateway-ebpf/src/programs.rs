@@ -3,8 +3,8 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr},
-    helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
     btf_maps::{HashMap, LruHashMap},
+    helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
     macros::{btf_map, cgroup_sock_addr, map, sock_ops},
     maps::PerCpuArray,
     programs::{SockAddrContext, SockOpsContext},

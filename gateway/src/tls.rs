@@ -73,11 +73,18 @@ impl TlsContext {
 /// nobody disputes. All the provider's suites stay available.
 fn crypto_provider() -> CryptoProvider {
     use rustls::CipherSuite::{
-        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, TLS13_AES_128_GCM_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        TLS13_AES_128_GCM_SHA256,
     };
     let mut provider = rustls::crypto::ring::default_provider();
-    let fast = [TLS13_AES_128_GCM_SHA256, TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256];
+    let fast = [
+        TLS13_AES_128_GCM_SHA256,
+        TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    ];
     // Stable: the provider's own order is kept within each group.
-    provider.cipher_suites.sort_by_key(|suite| !fast.contains(&suite.suite()));
+    provider
+        .cipher_suites
+        .sort_by_key(|suite| !fast.contains(&suite.suite()));
     provider
 }
