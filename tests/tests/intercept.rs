@@ -324,6 +324,16 @@ fn verify_off_applies_only_to_its_pattern() {
     let output = env.run(&mut curl(&daemon.ca_file(), &site, "a.self.test", "/"));
     assert_eq!(json(&stdout_ok(&output).unwrap())["name"], "self.test");
 
+    let line = daemon
+        .wait_for("the unverified connection", Duration::from_secs(10), |v| {
+            v["message"] == "connection closed"
+        })
+        .unwrap();
+    assert_eq!(
+        line["mode"], "intercept-unverified",
+        "the log says verification was off: {line}"
+    );
+
     let output = env.run(&mut curl(&daemon.ca_file(), &site, "other.test", "/"));
     assert_eq!(output.status.code(), Some(35), "{}", stderr(&output));
     daemon

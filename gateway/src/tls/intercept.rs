@@ -96,6 +96,8 @@ pub enum Mode {
     Undecided,
     /// TLS terminated and re-encrypted.
     Intercept,
+    /// Intercepted, to an upstream whose certificate is not verified (`verify = false`).
+    InterceptUnverified,
     /// Spliced raw by a bypass rule.
     Bypass,
     /// Not TLS, relayed raw (plain_tcp = "relay").
@@ -108,6 +110,7 @@ impl Mode {
         match self {
             Mode::Undecided => "none",
             Mode::Intercept => "intercept",
+            Mode::InterceptUnverified => "intercept-unverified",
             Mode::Bypass => "bypass",
             Mode::Plain => "plain",
         }
@@ -269,9 +272,12 @@ async fn intercept(
             return Err(err);
         }
     };
-    let (base, _verify) = tls
+    let (base, verify) = tls
         .connectors
         .for_name(hello.sni.as_ref().map(|n| n.as_str()));
+    if !verify {
+        info.mode = Mode::InterceptUnverified;
+    }
     let mut config = (**base).clone();
     config.alpn_protocols = hello.alpn.clone();
     let connect = TlsConnector::from(Arc::new(config)).connect(server_name, upstream_tcp);
