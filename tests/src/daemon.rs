@@ -169,19 +169,7 @@ impl Daemon {
 
     /// Sums the pinned per-CPU counter at `index`, read with bpftool as an operator would.
     pub fn counter(&self, index: u32) -> anyhow::Result<u64> {
-        let out = crate::run(
-            cmd("bpftool", ["-j", "map", "lookup", "pinned"])
-                .arg(self.pin_dir.join("counters"))
-                .args(["key", &index.to_string(), "0", "0", "0"]),
-        )?;
-        let value: Value = serde_json::from_slice(&out.stdout)?;
-        let sum = value["values"]
-            .as_array()
-            .context("bpftool output has no per-CPU values")?
-            .iter()
-            .map(|v| parse_bpftool_u64(&v["value"]))
-            .sum::<anyhow::Result<u64>>()?;
-        Ok(sum)
+        pinned_counter(&self.pin_dir, index)
     }
 
     /// The daemon's process id.
@@ -237,6 +225,22 @@ impl Daemon {
         child.wait()?;
         Ok(())
     }
+}
+
+/// Sums the per-CPU counter at `index` of the `counters` map pinned in `pin_dir`, with bpftool.
+pub fn pinned_counter(pin_dir: &Path, index: u32) -> anyhow::Result<u64> {
+    let out = crate::run(
+        cmd("bpftool", ["-j", "map", "lookup", "pinned"])
+            .arg(pin_dir.join("counters"))
+            .args(["key", &index.to_string(), "0", "0", "0"]),
+    )?;
+    let value: Value = serde_json::from_slice(&out.stdout)?;
+    value["values"]
+        .as_array()
+        .context("bpftool output has no per-CPU values")?
+        .iter()
+        .map(|v| parse_bpftool_u64(&v["value"]))
+        .sum()
 }
 
 fn signal(child: &Child, sig: i32) {

@@ -89,3 +89,30 @@ where
     command.args(args);
     command
 }
+
+/// The hard RLIMIT_NOFILE of this process (inherited by what it starts).
+pub fn hard_nofile() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    limit.rlim_max
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit; returns the new soft limit.
+pub fn raise_nofile() -> u64 {
+    let hard = hard_nofile();
+    let limit = libc::rlimit {
+        rlim_cur: hard,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return 0;
+    }
+    hard
+}

@@ -1,4 +1,5 @@
-//! An nginx upstream (HTTP/1.1 and HTTP/2 over TLS) inside a test host's namespace.
+//! An nginx upstream (HTTP/1.1 and HTTP/2 over TLS) inside a test host's namespace, tuned for
+//! load (workers per core, unlimited keep-alive requests, as many connections as descriptors).
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -35,31 +36,37 @@ impl Nginx {
             SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
             SocketAddr::V4(a) => a.to_string(),
         };
+        // As many descriptors as the hard limit allows (raising it needs CAP_SYS_RESOURCE).
+        let nofile = crate::hard_nofile().clamp(1024, 65536);
         let conf = format!(
-            r#"worker_processes 1;
+            r#"worker_processes auto;
+worker_rlimit_nofile {nofile};
 pid {d}/nginx.pid;
 error_log {d}/error.log;
 daemon off;
-worker_rlimit_nofile 19000;
-events {{ worker_connections 18000; }}
+events {{ worker_connections {conns}; }}
 http {{
     access_log off;
-    keepalive_timeout 120s;
-    keepalive_requests 100000;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
     client_body_temp_path {d}/tmp/body;
     proxy_temp_path {d}/tmp/proxy;
     fastcgi_temp_path {d}/tmp/fastcgi;
     uwsgi_temp_path {d}/tmp/uwsgi;
     scgi_temp_path {d}/tmp/scgi;
     server {{
-        listen {listen_text} ssl http2;
+        listen {listen_text} ssl http2 backlog=4096;
         ssl_certificate {cert};
         ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
         location = / {{ return 200 "nginx {name}\n"; }}
         location /files/ {{ alias {d}/files/; }}
     }}
 }}
 "#,
+            conns = nofile / 2,
             cert = cert.cert.display(),
             key = cert.key.display(),
         );
@@ -85,6 +92,11 @@ http {{
     /// The directory served under /files/.
     pub fn files(&self) -> PathBuf {
         self.dir.path().join("files")
+    }
+
+    /// nginx's error log so far.
+    pub fn error_log(&self) -> String {
+        error_log(self.dir.path())
     }
 
     fn wait_listening(&mut self, addr: SocketAddr) -> anyhow::Result<()> {

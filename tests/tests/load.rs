@@ -34,23 +34,17 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// Connections held at once: 10,000, unless the open-file hard limit (which root cannot raise
 /// here without CAP_SYS_RESOURCE) leaves the daemon fewer than two descriptors per connection.
 fn held_connections() -> usize {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
-    assert_eq!(rc, 0, "getrlimit failed");
-    let by_fds = (limit.rlim_max as usize).saturating_sub(200) / 2;
+    let hard = gateway_tests::hard_nofile();
+    let by_fds = (hard as usize).saturating_sub(200) / 2;
     let n = by_fds.min(10_000);
     eprintln!(
         "holding {n} connections (RLIMIT_NOFILE hard limit {}: at most {by_fds} by descriptors)",
-        limit.rlim_max
+        hard
     );
     assert!(
         n >= 5_000,
         "the open-file limit ({}) is too low for a meaningful load test",
-        limit.rlim_max
+        hard
     );
     n
 }

@@ -164,7 +164,7 @@ pub fn hold(
     count: usize,
     threads: usize,
 ) -> anyhow::Result<()> {
-    let nofile = super::nginx::raise_nofile();
+    let nofile = crate::raise_nofile();
     if nofile < count as u64 + 64 {
         bail!("RLIMIT_NOFILE is {nofile}, too low to hold {count} connections");
     }

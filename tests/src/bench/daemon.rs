@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use super::proc::{Usage, usage};
-use crate::{run, unique};
+use crate::unique;
 
 /// The RUST_LOG filter the bench daemons run with.
 pub const RUST_LOG: &str = "warn,gateway::daemon=info,gateway::tls::certs=info";
@@ -147,19 +147,7 @@ impl BenchDaemon {
     }
 
     fn counter(&self, index: u32) -> anyhow::Result<u64> {
-        let out = run(Command::new("bpftool")
-            .args(["-j", "map", "lookup", "pinned"])
-            .arg(self.pin_dir.join("counters"))
-            .args(["key", &index.to_string(), "0", "0", "0"]))?;
-        let value: Value = serde_json::from_slice(&out.stdout)?;
-        let mut sum = 0;
-        for v in value["values"]
-            .as_array()
-            .context("bpftool output has no per-CPU values")?
-        {
-            sum += parse_u64(&v["value"])?;
-        }
-        Ok(sum)
+        crate::daemon::pinned_counter(&self.pin_dir, index)
     }
 
     /// Stops it (SIGTERM, then SIGKILL after 15 s) and removes its pins.
@@ -195,20 +183,6 @@ fn without_stats(error: &str) -> String {
         }
         None => error.to_owned(),
     }
-}
-
-/// bpftool prints values either as numbers or as arrays of hex byte strings.
-fn parse_u64(value: &Value) -> anyhow::Result<u64> {
-    if let Some(n) = value.as_u64() {
-        return Ok(n);
-    }
-    let bytes = value.as_array().context("unexpected bpftool value")?;
-    let mut out = [0u8; 8];
-    for (slot, byte) in out.iter_mut().zip(bytes) {
-        let text = byte.as_str().context("unexpected bpftool byte")?;
-        *slot = u8::from_str_radix(text.trim_start_matches("0x"), 16)?;
-    }
-    Ok(u64::from_le_bytes(out))
 }
 
 impl Drop for BenchDaemon {

@@ -29,9 +29,7 @@ use gateway_tests::{
     bench::{
         clients,
         daemon::{self, BenchDaemon},
-        mean, median,
-        nginx::{self, BenchNginx},
-        percentile, proc,
+        mean, median, nginx, percentile, proc,
         report::{self, DaemonUse, Row, Target},
         run_bounded, wait_bounded,
     },
@@ -319,7 +317,7 @@ struct Oha {
 
 // Field order is drop order: nginx before the host whose namespace it runs in.
 struct Rig {
-    nginx: BenchNginx,
+    nginx: gateway_tests::nginx::Nginx,
     direct: SandboxCgroup,
     sandbox: SandboxCgroup,
     host: UpstreamHost,
@@ -357,11 +355,11 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
         }
     }
     let started = Instant::now();
-    let nofile = nginx::raise_nofile();
+    let nofile = gateway_tests::raise_nofile();
     let pki = TestPki::new("gateway-bench upstream CA")?;
     let host = UpstreamHost::new().context("creating the upstream's network namespace")?;
     let cert = pki.issue("bench", &[DOMAIN, "*.bench.test"], &[host.v4.into()])?;
-    let nginx = BenchNginx::start(&host.ns, &cert, SocketAddr::new(host.v4.into(), 443))?;
+    let nginx = nginx::start(&host.ns, &cert, SocketAddr::new(host.v4.into(), 443))?;
     let config = format!("{}bypass = [{BYPASS_NAME:?}]\n", pki.trusted_config());
     let mut rig = Rig {
         nginx,
