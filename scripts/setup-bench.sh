@@ -4,30 +4,13 @@
 # cross-check tools wrk and h2load (which never verify certificates; cross-checks only).
 set -euo pipefail
 
-log() { printf 'setup-bench: %s\n' "$*" >&2; }
-
-if [ "$(id -u)" -ne 0 ]; then
-  log "must run as root (apt); re-run with sudo"
-  exit 1
-fi
+LOG_PREFIX=setup-bench
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
+need_root
 
 apt_packages() {
-  # binary -> package
-  local -A want=(
-    [wrk]=wrk
-    [h2load]=nghttp2-client
-    [prlimit]=util-linux
-  )
-  local missing=()
-  for bin in "${!want[@]}"; do
-    command -v "$bin" >/dev/null 2>&1 || missing+=("${want[$bin]}")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing apt packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  apt_install_missing wrk=wrk h2load=nghttp2-client prlimit=util-linux
 }
 
 install_oha() {

@@ -3,35 +3,12 @@
 # Installs only what is missing: apt packages, nightly rust-src, bpf-linker, bpffs mount.
 set -euo pipefail
 
-log() { printf 'setup: %s\n' "$*" >&2; }
-
-need_root() {
-  if [ "$(id -u)" -ne 0 ]; then
-    log "must run as root (apt, bpffs, cgroups); re-run with sudo"
-    exit 1
-  fi
-}
+LOG_PREFIX=setup
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 apt_packages() {
-  # binary -> package
-  local -A want=(
-    [bpftool]=bpftool
-    [curl]=curl
-    [openssl]=openssl
-    [ip]=iproute2
-    [python3]=python3
-    [nginx]=nginx
-  )
-  local missing=()
-  for bin in "${!want[@]}"; do
-    command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("${want[$bin]}")
-  done
-  if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing apt packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  apt_install_missing bpftool=bpftool curl=curl openssl=openssl ip=iproute2 python3=python3 nginx=nginx
 }
 
 rust_src() {
