@@ -35,6 +35,16 @@ fn curl(ca: &Path, site: &Site, v6: bool) -> Command {
     command
 }
 
+/// A test CA, the site `up-a.test`, a sandbox cgroup in the host namespace and a daemon for it.
+fn one_site_one_sandbox() -> (TestPki, Site, SandboxCgroup, Daemon) {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let site = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
+    let cgroup = SandboxCgroup::new().unwrap();
+    let daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
+    (pki, site, cgroup, daemon)
+}
+
 fn json(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -59,11 +69,7 @@ fn relayed_line(daemon: &mut Daemon, orig_dst: &str) -> Value {
 }
 
 fn sandbox_curl_goes_through_gateway(v6: bool) {
-    require_root().unwrap();
-    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
-    let site = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
-    let cgroup = SandboxCgroup::new().unwrap();
-    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
+    let (_pki, site, cgroup, mut daemon) = one_site_one_sandbox();
 
     let body = json(
         &stdout_ok(
@@ -167,11 +173,7 @@ fn parallel_connections_reach_their_own_destinations() {
 
 #[test]
 fn outside_processes_and_other_ports_are_untouched() {
-    require_root().unwrap();
-    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
-    let site = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
-    let cgroup = SandboxCgroup::new().unwrap();
-    let daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
+    let (pki, site, cgroup, daemon) = one_site_one_sandbox();
 
     // Not in the cgroup: reaches the upstream directly.
     let body = json(&stdout_ok(&curl(&pki.ca_file(), &site, false).output().unwrap()).unwrap());
@@ -268,11 +270,7 @@ fn dialling_the_listener_directly_is_refused() {
 
 #[test]
 fn sandbox_traffic_fails_closed_when_the_daemon_dies() {
-    require_root().unwrap();
-    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
-    let site = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
-    let cgroup = SandboxCgroup::new().unwrap();
-    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
+    let (_pki, site, cgroup, mut daemon) = one_site_one_sandbox();
     stdout_ok(
         &cgroup
             .output(None, &mut curl(&daemon.ca_file(), &site, false))
@@ -325,11 +323,7 @@ fn clean_stop_detaches_and_unpins() {
 
 #[test]
 fn v4_mapped_ipv6_connects_are_redirected_as_ipv4() {
-    require_root().unwrap();
-    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
-    let site = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
-    let cgroup = SandboxCgroup::new().unwrap();
-    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
+    let (_pki, site, cgroup, mut daemon) = one_site_one_sandbox();
 
     // An AF_INET6 socket dialling ::ffff:a.b.c.d, as dual-stack programs do.
     let script = format!(
