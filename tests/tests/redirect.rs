@@ -351,3 +351,23 @@ fn v4_mapped_ipv6_connects_are_redirected_as_ipv4() {
     assert_eq!(daemon.counter(Counter::RedirectedV4 as u32).unwrap(), 1);
     assert_eq!(daemon.counter(Counter::RedirectedV6 as u32).unwrap(), 0);
 }
+
+#[test]
+fn processes_in_a_child_cgroup_of_a_sandbox_are_redirected_too() {
+    let (_pki, site, cgroup, mut daemon) = one_site_one_sandbox();
+    // A sandboxed program may create sub-cgroups (systemd-run, container runtimes): the programs
+    // run for descendants, and the sandbox is found among the task's cgroup ancestors.
+    let mount = gateway::sandbox::cgroup::cgroup2_mount().unwrap();
+    let child_name = cgroup.path().strip_prefix(&mount).unwrap().join("child");
+    let child =
+        gateway::sandbox::cgroup::TransientCgroup::create(child_name.to_str().unwrap()).unwrap();
+    let confinement = gateway::sandbox::Confinement::new(child.cgroup(), None).unwrap();
+    let mut request = curl(&daemon.ca_file(), &site, false);
+    confinement.apply(&mut request);
+    let body = json(&stdout_ok(&request.output().unwrap()).unwrap());
+    assert_eq!(body["name"], "up-a.test");
+    relayed_line(&mut daemon, &site.socket(false, 443));
+    assert_eq!(daemon.counter(Counter::RedirectedV4 as u32).unwrap(), 1);
+    drop(confinement);
+    child.remove().unwrap();
+}
