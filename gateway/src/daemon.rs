@@ -105,6 +105,8 @@ pub struct Engine {
     tls: Arc<TlsContext>,
     options: EngineOptions,
     served: Vec<Served>,
+    /// The id the next sandbox gets; ids are never reused, even after a sandbox is dropped.
+    next_id: u32,
     accept_loops: JoinSet<()>,
     connections: TaskTracker,
     cancel: CancellationToken,
@@ -129,6 +131,7 @@ impl Engine {
             tls,
             options,
             served: Vec::new(),
+            next_id: 1,
             accept_loops: JoinSet::new(),
             connections: TaskTracker::new(),
             cancel: CancellationToken::new(),
@@ -144,7 +147,8 @@ impl Engine {
         ports: &[u16],
     ) -> Result<SandboxInfo, DaemonError> {
         refuse_own_cgroup(cgroup.path())?;
-        let id = SandboxId(self.served.len() as u32 + 1);
+        let id = SandboxId(self.next_id);
+        self.next_id += 1;
         let listen_err = |source| DaemonError::Listen {
             sandbox: id,
             cgroup: cgroup.path().into(),

@@ -128,9 +128,7 @@ impl Programs {
             // Not used by the daemon, pinned so operators can see connects in flight.
             let map = ebpf
                 .map(map_names::PENDING)
-                .ok_or(EbpfError::MissingProgram {
-                    name: map_names::PENDING,
-                })?;
+                .ok_or_else(|| missing_map(map_names::PENDING))?;
             pins.pin_map(map_names::PENDING, map)?;
         }
         Ok(Programs {
@@ -273,11 +271,15 @@ where
         .ok_or(EbpfError::MissingProgram { name })
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str, pins: Option<&PinDir>) -> Result<Map, EbpfError> {
-    let map = ebpf.take_map(name).ok_or(EbpfError::BadMap {
+fn missing_map(name: &'static str) -> EbpfError {
+    EbpfError::BadMap {
         name,
         source: MapError::InvalidName { name: name.into() },
-    })?;
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str, pins: Option<&PinDir>) -> Result<Map, EbpfError> {
+    let map = ebpf.take_map(name).ok_or_else(|| missing_map(name))?;
     if let Some(pins) = pins {
         pins.pin_map(name, &map)?;
     }

@@ -294,30 +294,29 @@ fn sandbox_traffic_fails_closed_when_the_daemon_dies() {
     assert_eq!(after.status.code(), Some(7), "{after:?}");
 }
 
+/// What `bpftool cgroup show` lists for the sandbox's cgroup.
+fn attached_programs(cgroup: &SandboxCgroup) -> String {
+    stdout_ok(
+        &cmd("bpftool", ["cgroup", "show"])
+            .arg(cgroup.path())
+            .output()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn clean_stop_detaches_and_unpins() {
     require_root().unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
     let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], "").unwrap();
-    let tree = stdout_ok(
-        &cmd("bpftool", ["cgroup", "show"])
-            .arg(cgroup.path())
-            .output()
-            .unwrap(),
-    )
-    .unwrap();
+    let tree = attached_programs(&cgroup);
     for program in ["gateway_connect4", "gateway_connect6", "gateway_sock_ops"] {
         assert!(tree.contains(program), "{program} not attached: {tree}");
     }
     assert!(daemon.stop().unwrap().success());
     assert!(!daemon.pin_dir().exists(), "pins left behind");
-    let tree = stdout_ok(
-        &cmd("bpftool", ["cgroup", "show"])
-            .arg(cgroup.path())
-            .output()
-            .unwrap(),
-    )
-    .unwrap();
+    let tree = attached_programs(&cgroup);
     assert!(!tree.contains("gateway_"), "programs left attached: {tree}");
 }
 

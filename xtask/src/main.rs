@@ -63,33 +63,26 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test(&root),
         Task::Bench { args } => bench(&root, &args),
         Task::Soak => {
-            setup(&root)?;
-            step(
-                "build the gateway",
-                cargo(&root, &["build", "--release", "-p", "gateway"]),
-            )?;
-            let mut soak = cargo(
-                &root,
-                &[
-                    "run",
-                    "-q",
-                    "--release",
-                    "-p",
-                    "gateway-tests",
-                    "--bin",
-                    "gateway-soak",
-                ],
-            );
-            soak.env("GATEWAY_BIN", target_dir(&root).join("release/gateway"));
+            let gateway = build_release(&root)?;
+            let mut soak = release_bin(&root, "gateway-soak");
+            soak.env("GATEWAY_BIN", gateway);
             step("soak", soak)
         }
         Task::Fuzz => {
             setup(&root)?;
-            let mut fuzz = Command::new("bash");
-            fuzz.arg(root.join("scripts/fuzz.sh")).current_dir(&root);
-            step("fuzz", fuzz)
+            step("fuzz", script(&root, "fuzz.sh"))
         }
     }
+}
+
+/// Installs prerequisites and builds the release gateway; returns its path.
+fn build_release(root: &Path) -> anyhow::Result<PathBuf> {
+    setup(root)?;
+    step(
+        "build the gateway (release)",
+        cargo(root, &["build", "--release", "-p", "gateway"]),
+    )?;
+    Ok(target_dir(root).join("release/gateway"))
 }
 
 fn target_dir(root: &Path) -> PathBuf {
@@ -97,16 +90,34 @@ fn target_dir(root: &Path) -> PathBuf {
 }
 
 fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
-    setup(root)?;
+    let gateway = build_release(root)?;
+    step("setup (bench)", script(root, "setup-bench.sh"))?;
+    let out = root.join("bench/results/latest.md");
+    let mut run = release_bin(root, "gateway-bench");
+    run.arg("--gateway")
+        .arg(gateway)
+        .arg("--out")
+        .arg(out)
+        .args(args);
+    step("bench", run)
+}
+
+fn setup(root: &Path) -> anyhow::Result<()> {
+    step("setup", script(root, "setup.sh"))
+}
+
+/// `bash scripts/<name>`, run from the workspace root.
+fn script(root: &Path, name: &str) -> Command {
     let mut command = Command::new("bash");
-    command.arg(root.join("scripts/setup-bench.sh"));
-    step("setup (bench)", command)?;
-    step(
-        "build the gateway (release)",
-        cargo(root, &["build", "--release", "-p", "gateway"]),
-    )?;
-    let target = target_dir(root);
-    let mut run = cargo(
+    command
+        .arg(root.join("scripts").join(name))
+        .current_dir(root);
+    command
+}
+
+/// `cargo run --release -p gateway-tests --bin <bin> --` (arguments follow).
+fn release_bin(root: &Path, bin: &str) -> Command {
+    cargo(
         root,
         &[
             "run",
@@ -115,22 +126,10 @@ fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
             "-p",
             "gateway-tests",
             "--bin",
-            "gateway-bench",
+            bin,
             "--",
         ],
-    );
-    run.arg("--gateway")
-        .arg(target.join("release/gateway"))
-        .arg("--out")
-        .arg(root.join("bench/results/latest.md"))
-        .args(args);
-    step("bench", run)
-}
-
-fn setup(root: &Path) -> anyhow::Result<()> {
-    let mut command = Command::new("bash");
-    command.arg(root.join("scripts/setup.sh"));
-    step("setup", command)
+    )
 }
 
 fn test(root: &Path) -> anyhow::Result<()> {
