@@ -4,14 +4,12 @@
 # committed part. Not run in CI; `cargo xtask fuzz` runs it. Needs the nightly toolchain and
 # installs cargo-fuzz if missing.
 #
-# (No target for secrets substitution yet: gateway/src/secrets/ does not exist.)
-#
 #   FUZZ_SECONDS  seconds per target (default 600)
 #   FUZZ_TARGETS  which targets, in order (default "client_hello config")
 #
 # Exits non-zero, printing the input, when a target crashes (panic, timeout, OOM). Reproduce
 # with `cargo +nightly fuzz run --fuzz-dir fuzz <target> <artifact>`; once fixed, keep the input
-# in gateway/testdata/fuzz-regressions/<target>/ so `cargo test -p gateway --test
+# in gateway-proto/testdata/fuzz-regressions/<target>/ so `cargo test -p gateway-proto --test
 # fuzz_regressions` replays it.
 set -euo pipefail
 
@@ -42,11 +40,11 @@ max_len() {
 seed() {
     local target=$1 corpus=$2
     case $target in
-        client_hello) cp -n "$root"/gateway/testdata/client-hello/*.bin "$corpus"/ ;;
+        client_hello) cp -n "$root"/gateway-proto/testdata/client-hello/*.bin "$corpus"/ ;;
         config) cp -n "$fuzz_dir"/seeds/config/* "$corpus"/ ;;
     esac
     local dir
-    for dir in "$fuzz_dir/corpus-min/$target" "$root/gateway/testdata/fuzz-regressions/$target"; do
+    for dir in "$fuzz_dir/corpus-min/$target" "$root/gateway-proto/testdata/fuzz-regressions/$target"; do
         if [ -d "$dir" ]; then
             find "$dir" -maxdepth 1 -type f -exec cp -n {} "$corpus"/ \;
         fi

@@ -1,10 +1,11 @@
-//! Command-line interface: `gateway run` and `gateway exec`.
+//! Command-line interface: `gateway run`, `gateway exec`, `gateway ca`, `gateway config`.
 
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use gateway_proto::{duration::parse_duration, sandbox_spec::SandboxSpec};
 
-use crate::{ebpf::pins::DEFAULT_PIN_DIR, sandbox::SandboxSpec};
+use crate::ebpf::pins::DEFAULT_PIN_DIR;
 
 /// Egress gateway for sandboxes: redirects a sandbox cgroup's HTTPS through this host's gateway.
 #[derive(Debug, Parser)]
@@ -13,7 +14,7 @@ pub struct Cli {
     /// Log format on stderr (level via RUST_LOG, default info).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
-    /// Configuration file (TOML); without it, built-in defaults.
+    /// Configuration file (TOML); without it, built-in defaults (`gateway config default`).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// What to do.
@@ -40,6 +41,9 @@ pub enum Command {
     /// The gateway's local CA (created on first use).
     #[command(subcommand)]
     Ca(CaCommand),
+    /// The configuration file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
 }
 
 /// `gateway ca ...`.
@@ -51,18 +55,30 @@ pub enum CaCommand {
     Path,
 }
 
+/// `gateway config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a configuration file: exit 0 when it is valid, else print why and exit 1.
+    Check {
+        /// The file (`/dev/stdin` reads standard input).
+        file: PathBuf,
+    },
+    /// Print a commented configuration file with every key at its default.
+    Default,
+}
+
 /// Tunables shared by `run` and `exec`.
 #[derive(Debug, Args)]
 pub struct EngineArgs {
     /// Give up reaching an upstream (TCP connect, then its TLS handshake) after this long
     /// (e.g. 10s, 500ms).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration)]
     pub connect_timeout: Duration,
     /// Close a connection when no data has moved either way for this long.
-    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = duration)]
     pub idle_timeout: Duration,
     /// On shutdown, how long open connections may finish before they are closed.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = duration)]
     pub drain_timeout: Duration,
 }
 
@@ -90,7 +106,7 @@ pub struct ExecArgs {
     /// `new`: run the command in a fresh network namespace that has only `lo`.
     #[arg(long, value_enum)]
     pub netns: Option<NetnsMode>,
-    /// Intercepted TCP port (repeatable; default 443).
+    /// Intercepted TCP port (repeatable, at most 8; default 443).
     #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub ports: Vec<u16>,
     #[command(flatten)]
@@ -112,21 +128,9 @@ pub enum NetnsMode {
     New,
 }
 
-/// Parses `250ms`, `10s`, `2m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 10s or 500ms"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" | "" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(format!("`{text}`: unknown unit `{unit}` (use ms, s or m)")),
-    }
+/// The config file's duration parser, for clap.
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text).map_err(|error| error.to_string())
 }
 
 #[cfg(test)]
@@ -134,12 +138,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("ten").is_err());
-        assert!(parse_duration("5h").is_err());
+    fn durations_use_the_config_parser() {
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "exec",
+            "--connect-timeout",
+            "1m 30s",
+            "--idle-timeout",
+            "250ms",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec")
+        };
+        assert_eq!(args.engine.connect_timeout, Duration::from_secs(90));
+        assert_eq!(args.engine.idle_timeout, Duration::from_millis(250));
+        let err = Cli::try_parse_from(["gateway", "exec", "--idle-timeout", "5", "--", "true"])
+            .unwrap_err();
+        assert!(err.to_string().contains("is not a duration"), "{err}");
     }
 
     #[test]
@@ -169,6 +187,15 @@ mod tests {
     fn run_needs_a_sandbox_and_reports_bad_ones() {
         assert!(Cli::try_parse_from(["gateway", "run"]).is_err());
         let err = Cli::try_parse_from(["gateway", "run", "--sandbox", "x,port=0"]).unwrap_err();
-        assert!(err.to_string().contains("port `0`"), "{err}");
+        assert!(err.to_string().contains("port 0"), "{err}");
+    }
+
+    #[test]
+    fn config_check_takes_a_file() {
+        let cli = Cli::try_parse_from(["gateway", "config", "check", "/dev/stdin"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Config(ConfigCommand::Check { file }) if file.as_os_str() == "/dev/stdin"
+        ));
     }
 }

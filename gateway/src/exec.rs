@@ -10,24 +10,35 @@ use std::{
     process::Command,
 };
 
-use nix::{sys::signal::Signal, unistd::Pid};
+use gateway_proto::ports::Ports;
+use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use crate::{
-    daemon::{DaemonError, Engine, EngineOptions, Signals, raise_nofile_limit, require_root},
+    engine::{Engine, EngineError, EngineOptions},
+    process::{self, ProcessError, Signals},
     sandbox::{
         Confinement,
         cgroup::{CgroupError, TransientCgroup},
-        netns::NetNs,
+        netns::{NetNs, NetNsError},
     },
 };
 
 /// Errors of `gateway exec` (the command's own failure is its exit code, not an error).
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
-    /// Setting up the sandbox or the gateway failed.
+    /// Not root, or no signal handling.
     #[error(transparent)]
-    Setup(#[from] DaemonError),
+    Process(#[from] ProcessError),
+    /// The transient cgroup could not be created, used or removed.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// The new network namespace could not be created.
+    #[error(transparent)]
+    NetNs(#[from] NetNsError),
+    /// The gateway engine could not be set up for the sandbox.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
     /// The command could not be started.
     #[error("starting {program:?}: {source}")]
     Spawn {
@@ -49,9 +60,9 @@ pub enum ExecError {
         #[source]
         source: std::io::Error,
     },
-    /// Removing the transient cgroup failed.
-    #[error("cleaning up: {0}")]
-    Cleanup(#[from] CgroupError),
+    /// Removing the transient cgroup did not finish (its task failed).
+    #[error("cleaning up the transient cgroup: {0}")]
+    Cleanup(#[source] tokio::task::JoinError),
 }
 
 /// Options of `gateway exec`.
@@ -60,7 +71,7 @@ pub struct ExecOptions {
     /// Give the command a fresh network namespace with only `lo`.
     pub new_netns: bool,
     /// Intercepted ports.
-    pub ports: Vec<u16>,
+    pub ports: Ports,
     /// Engine tunables.
     pub engine: EngineOptions,
     /// The command and its arguments (at least the program).
@@ -69,38 +80,43 @@ pub struct ExecOptions {
 
 /// Runs the command and returns its exit code (128 + signal number when it was killed).
 pub async fn exec(options: ExecOptions) -> Result<i32, ExecError> {
-    require_root().map_err(ExecError::Setup)?;
-    raise_nofile_limit();
+    process::require_root()?;
+    process::raise_nofile_limit();
     let mut signals = Signals::new()?;
     let name = format!("gateway-exec-{}", std::process::id());
-    let cgroup = TransientCgroup::create(&name).map_err(DaemonError::from)?;
+    let cgroup = TransientCgroup::create(&name)?;
+    let status = run_in_sandbox(&name, &cgroup, &options, &mut signals).await;
+    // Removal kills leftovers and polls until they have exited: kept off the runtime, and done
+    // whether or not the command ran.
+    let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+    let code = status?;
+    removed.map_err(ExecError::Cleanup)??;
+    Ok(code)
+}
+
+/// Everything between creating the cgroup and removing it.
+async fn run_in_sandbox(
+    name: &str,
+    cgroup: &TransientCgroup,
+    options: &ExecOptions,
+    signals: &mut Signals,
+) -> Result<i32, ExecError> {
     let netns = options
         .new_netns
-        .then(|| NetNs::new_isolated(&name))
-        .transpose()
-        .map_err(DaemonError::from)?;
+        .then(|| NetNs::new_isolated(name))
+        .transpose()?;
     let mut engine = Engine::new(None, options.engine.clone())?;
-    let bundle = TrustBundle::write(&name, engine.ca_pem())?;
+    let bundle = TrustBundle::write(name, engine.ca_pem())?;
     let sandbox = engine.add_sandbox(cgroup.cgroup(), netns.as_ref(), &options.ports)?;
     info!(
         sandbox = %sandbox.id, cgroup = %cgroup.cgroup().path().display(),
         netns = netns.as_ref().map(NetNs::label).unwrap_or("host"),
-        listener_port = sandbox.listener_port, ports = ?options.ports,
+        listener_port = sandbox.listener_port, ports = %options.ports,
         "sandbox ready"
     );
-
-    let status = run_child(
-        &options.command,
-        &cgroup,
-        netns.as_ref(),
-        &bundle,
-        &mut signals,
-    )
-    .await;
+    let status = run_child(&options.command, cgroup, netns.as_ref(), &bundle, signals).await;
     let counters = engine.shutdown(options.engine.drain_timeout).await;
     info!(counters, "sandbox done");
-    cgroup.remove()?;
-    drop(netns);
     status
 }
 
@@ -112,9 +128,7 @@ async fn run_child(
     signals: &mut Signals,
 ) -> Result<i32, ExecError> {
     let program = command.first().cloned().unwrap_or_default();
-    let confinement = Confinement::new(cgroup.cgroup(), netns)
-        .map_err(DaemonError::from)?
-        .die_with_parent();
+    let confinement = Confinement::new(cgroup.cgroup(), netns)?.die_with_parent();
     let mut std_command = Command::new(&program);
     std_command.args(&command[1..]);
     for var in TRUST_VARS {
@@ -134,10 +148,11 @@ async fn run_child(
         tokio::select! {
             status = child.wait() => break status.map_err(|source| ExecError::Wait { program: program.clone(), source })?,
             signal = signals.recv() => {
-                let sig = if signal == "SIGINT" { Signal::SIGINT } else { Signal::SIGTERM };
                 if let Some(pid) = pid {
-                    warn!(signal, "forwarding signal to the command");
-                    let _ = nix::sys::signal::kill(pid, sig);
+                    warn!(signal = %signal, "forwarding signal to the command");
+                    if let Err(err) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::from(signal)) {
+                        warn!(signal = %signal, error = %err, "could not forward the signal");
+                    }
                 }
             }
         }

@@ -1,15 +1,19 @@
 //! gateway: a host egress gateway for sandboxes. eBPF programs on each sandbox's cgroup redirect
-//! its outbound connections to a per-sandbox listener, which intercepts their TLS with forged
-//! certificates from a local CA (or splices it raw, by rule) and re-encrypts it to where they were
-//! going.
+//! its outbound connections to a per-sandbox listener; each connection goes through `conn`
+//! (original destination, first bytes, the route decision in `policy`), and is refused,
+//! spliced raw, or intercepted with a forged certificate from a local CA (`tls`) and
+//! re-encrypted to where it was going.
 
 pub mod cli;
-pub mod config;
-pub mod daemon;
+pub mod conn;
 pub mod ebpf;
+pub mod engine;
 pub mod exec;
 pub mod logging;
 pub mod net;
+pub mod policy;
+pub mod process;
 pub mod relay;
+pub mod run;
 pub mod sandbox;
 pub mod tls;

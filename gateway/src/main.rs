@@ -5,14 +5,17 @@ use std::process::ExitCode;
 use anyhow::anyhow;
 use clap::Parser as _;
 use gateway::{
-    cli::{CaCommand, Cli, Command, EngineArgs, NetnsMode},
-    config::Config,
-    daemon::{self, EngineOptions, RunOptions},
+    cli::{CaCommand, Cli, Command, ConfigCommand, EngineArgs, NetnsMode},
+    engine::EngineOptions,
     exec::{self, ExecOptions},
     logging,
     relay::Timeouts,
-    sandbox::DEFAULT_PORTS,
+    run::{self, RunOptions},
     tls::ca::{CertAuthority, gateway_home, locate},
+};
+use gateway_proto::{
+    config::{Config, DEFAULT_TOML},
+    ports::Ports,
 };
 
 fn main() -> ExitCode {
@@ -28,39 +31,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn engine(args: &EngineArgs, config: &Config) -> EngineOptions {
-    EngineOptions {
-        tls: config.tls.clone(),
-        timeouts: Timeouts {
-            connect: args.connect_timeout,
-            idle: args.idle_timeout,
-        },
-        drain_timeout: args.drain_timeout,
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Config(command) = &cli.command {
+        return Ok(config_command(command));
     }
-}
-
-fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
-    Ok(match path {
+    let config = match cli.config.as_deref() {
         Some(path) => Config::load(path)?,
         None => Config::default(),
-    })
-}
-
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| anyhow!("starting the async runtime: {e}"))?;
-    let config = load_config(cli.config.as_deref())?;
+    };
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|err| anyhow!("starting the async runtime: {err}"))?;
     match cli.command {
+        Command::Config(_) => unreachable!("handled above"),
         Command::Ca(command) => {
             let home = gateway_home();
+            let ca = config.tls.ca();
             match command {
-                CaCommand::Path => {
-                    println!("{}", locate(config.tls.ca.as_ref(), &home).cert.display())
+                CaCommand::Path => println!("{}", locate(ca.as_ref(), &home).cert.display()),
+                CaCommand::Export => {
+                    print!("{}", CertAuthority::resolve(ca.as_ref(), &home)?.cert_pem());
                 }
-                CaCommand::Export => print!(
-                    "{}",
-                    CertAuthority::resolve(config.tls.ca.as_ref(), &home)?.cert_pem()
-                ),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -70,23 +60,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 pin_dir: args.pin_dir,
                 engine: engine(&args.engine, &config),
             };
-            runtime.block_on(daemon::run(options))?;
+            runtime.block_on(run::run(options))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec(args) => {
-            let ports = if args.ports.is_empty() {
-                DEFAULT_PORTS.to_vec()
-            } else {
-                args.ports
-            };
             let options = ExecOptions {
                 new_netns: args.netns == Some(NetnsMode::New),
-                ports,
+                ports: Ports::new(args.ports).map_err(|err| anyhow!("--port: {err}"))?,
                 engine: engine(&args.engine, &config),
                 command: args.command,
             };
             let code = runtime.block_on(exec::exec(options))?;
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)))
         }
+    }
+}
+
+/// `gateway config check|default`: works without root and without a runtime.
+fn config_command(command: &ConfigCommand) -> ExitCode {
+    match command {
+        ConfigCommand::Default => {
+            print!("{DEFAULT_TOML}");
+            ExitCode::SUCCESS
+        }
+        ConfigCommand::Check { file } => match Config::load(file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("gateway: {err}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn engine(args: &EngineArgs, config: &Config) -> EngineOptions {
+    EngineOptions {
+        tls: config.tls.clone(),
+        timeouts: Timeouts {
+            hello: config.tls.hello_timeout.get(),
+            connect: args.connect_timeout,
+            idle: args.idle_timeout,
+        },
+        drain_timeout: args.drain_timeout,
     }
 }

@@ -1,4 +1,5 @@
-//! Byte relay between a sandbox connection and its upstream, half-close aware.
+//! Byte relay between a sandbox connection and its upstream, half-close aware: the splice of
+//! raw TCP (bypass, plain TCP) and the copy between two TLS streams of an interception.
 
 use std::{
     io,
@@ -10,7 +11,6 @@ use tokio::{net::TcpStream, time::Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Size of each direction's copy buffer.
 /// Each direction's copy buffer starts small, so idle connections stay cheap, and doubles up to
 /// the maximum while reads keep filling it, so bulk transfers move in large chunks.
 const BUF_START: usize = 2 * 1024;
@@ -19,6 +19,8 @@ const BUF_MAX: usize = 64 * 1024;
 /// Time limits of one connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
+    /// The client's first bytes (its ClientHello), and its TLS handshake when intercepting.
+    pub hello: Duration,
     /// Reaching the upstream: TCP connect, and the TLS handshake when intercepting.
     pub connect: Duration,
     /// A relay with no bytes moving either way for this long is closed.
@@ -34,9 +36,24 @@ pub struct RelayStats {
     pub bytes_down: u64,
 }
 
+impl std::ops::Add for RelayStats {
+    type Output = RelayStats;
+
+    fn add(self, other: RelayStats) -> RelayStats {
+        RelayStats {
+            bytes_up: self.bytes_up + other.bytes_up,
+            bytes_down: self.bytes_down + other.bytes_down,
+        }
+    }
+}
+
 /// A relay direction failed (or the relay went idle); both sockets are closed.
 #[derive(Debug, thiserror::Error)]
-#[error("relaying {direction} failed after {stats:?}: {source}")]
+#[error(
+    "relaying {direction} failed after {} bytes up and {} down: {source}",
+    .stats.bytes_up,
+    .stats.bytes_down
+)]
 pub struct RelayError {
     /// `client->upstream` or `upstream->client`.
     pub direction: &'static str,
@@ -49,7 +66,7 @@ pub struct RelayError {
 
 /// Copies both ways until both sides have closed their sending half. An EOF from one side is
 /// passed on as a shutdown of the other side's write half, so half-closed protocols work.
-/// For TLS streams (which cannot be split without a lock); plain TCP uses [`relay_tcp`].
+/// For TLS streams (which cannot be split without a lock); plain TCP uses [`splice`].
 pub async fn relay<C, U>(client: C, upstream: U, idle: Duration) -> Result<RelayStats, RelayError>
 where
     C: AsyncRead + AsyncWrite,
@@ -60,13 +77,33 @@ where
     relay_halves((client_rx, client_tx), (upstream_rx, upstream_tx), idle).await
 }
 
-/// [`relay`] for two TCP streams, whose halves need no lock.
-pub async fn relay_tcp(
+/// Splices two TCP streams (whose halves need no lock), first sending `prefix`, the bytes
+/// already read from the client, upstream.
+pub async fn splice(
     client: TcpStream,
-    upstream: TcpStream,
+    prefix: &[u8],
+    mut upstream: TcpStream,
     idle: Duration,
 ) -> Result<RelayStats, RelayError> {
-    relay_halves(client.into_split(), upstream.into_split(), idle).await
+    let replayed = RelayStats {
+        bytes_up: prefix.len() as u64,
+        bytes_down: 0,
+    };
+    upstream
+        .write_all(prefix)
+        .await
+        .map_err(|source| RelayError {
+            direction: "client->upstream",
+            stats: RelayStats::default(),
+            source,
+        })?;
+    relay_halves(client.into_split(), upstream.into_split(), idle)
+        .await
+        .map(|stats| stats + replayed)
+        .map_err(|mut error| {
+            error.stats = error.stats + replayed;
+            error
+        })
 }
 
 async fn relay_halves<CR, CW, UR, UW>(
@@ -255,6 +292,45 @@ mod tests {
                 bytes_up: 7,
                 bytes_down: 100_000
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn splice_replays_the_prefix_and_counts_it() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut upstream) = pair().await;
+        let splice = tokio::spawn(async move {
+            splice(
+                client_side,
+                b"hello ",
+                upstream_side,
+                Duration::from_secs(10),
+            )
+            .await
+        });
+        client.write_all(b"world").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello world");
+        upstream.shutdown().await.unwrap();
+        let stats = splice.await.unwrap().unwrap();
+        assert_eq!(stats.bytes_up, 11);
+    }
+
+    #[test]
+    fn errors_read_as_words() {
+        let error = RelayError {
+            direction: "upstream->client",
+            stats: RelayStats {
+                bytes_up: 10,
+                bytes_down: 0,
+            },
+            source: io::Error::from(io::ErrorKind::ConnectionReset),
+        };
+        assert_eq!(
+            error.to_string(),
+            "relaying upstream->client failed after 10 bytes up and 0 down: connection reset"
         );
     }
 

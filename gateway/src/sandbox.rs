@@ -12,15 +12,8 @@ use std::{
         fd::{AsRawFd, OwnedFd},
         unix::process::CommandExt,
     },
-    path::PathBuf,
     process::Command,
-    str::FromStr,
 };
-
-use gateway_common::MAX_PORTS;
-
-/// Intercepted ports when a sandbox names none.
-pub const DEFAULT_PORTS: [u16; 1] = [443];
 
 /// The daemon's identifier for a sandbox, part of every `ORIG_DST` key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -29,89 +22,6 @@ pub struct SandboxId(pub u32);
 impl fmt::Display for SandboxId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
-    }
-}
-
-/// A sandbox as named on the command line: `CGROUP[,netns=PATH][,port=N]...`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SandboxSpec {
-    /// The sandbox's cgroup v2 directory (relative paths are under the cgroup2 mount).
-    pub cgroup: PathBuf,
-    /// The sandbox's network namespace (e.g. /run/netns/NAME), when it has its own.
-    pub netns: Option<PathBuf>,
-    /// Intercepted TCP destination ports.
-    pub ports: Vec<u16>,
-}
-
-/// Why a `--sandbox` value could not be read.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SpecError {
-    /// The value had no cgroup path.
-    #[error("sandbox `{spec}`: the cgroup path is empty")]
-    EmptyCgroup { spec: String },
-    /// An option other than `netns=` or `port=`.
-    #[error("sandbox `{spec}`: unknown option `{option}` (expected netns=PATH or port=N)")]
-    UnknownOption { spec: String, option: String },
-    /// A port that is not a number in 1..=65535.
-    #[error("sandbox `{spec}`: port `{value}` is not a number from 1 to 65535")]
-    BadPort { spec: String, value: String },
-    /// More ports than the eBPF config holds.
-    #[error("sandbox `{spec}`: at most {MAX_PORTS} ports can be intercepted")]
-    TooManyPorts { spec: String },
-    /// `netns=` given twice or empty.
-    #[error("sandbox `{spec}`: netns must be given once, with a path")]
-    BadNetns { spec: String },
-}
-
-impl FromStr for SandboxSpec {
-    type Err = SpecError;
-
-    fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        let mut parts = spec.split(',');
-        let cgroup = parts.next().unwrap_or_default().trim();
-        if cgroup.is_empty() {
-            return Err(SpecError::EmptyCgroup { spec: spec.into() });
-        }
-        let mut netns = None;
-        let mut ports = Vec::new();
-        for option in parts {
-            match option.split_once('=') {
-                Some(("netns", path)) if !path.is_empty() && netns.is_none() => {
-                    netns = Some(PathBuf::from(path));
-                }
-                Some(("netns", _)) => return Err(SpecError::BadNetns { spec: spec.into() }),
-                Some(("port", value)) => {
-                    let port = value
-                        .parse::<u16>()
-                        .ok()
-                        .filter(|p| *p != 0)
-                        .ok_or_else(|| SpecError::BadPort {
-                            spec: spec.into(),
-                            value: value.into(),
-                        })?;
-                    if !ports.contains(&port) {
-                        ports.push(port);
-                    }
-                }
-                _ => {
-                    return Err(SpecError::UnknownOption {
-                        spec: spec.into(),
-                        option: option.into(),
-                    });
-                }
-            }
-        }
-        if ports.is_empty() {
-            ports.extend(DEFAULT_PORTS);
-        }
-        if ports.len() > MAX_PORTS {
-            return Err(SpecError::TooManyPorts { spec: spec.into() });
-        }
-        Ok(SandboxSpec {
-            cgroup: PathBuf::from(cgroup),
-            netns,
-            ports,
-        })
     }
 }
 
@@ -185,63 +95,5 @@ impl Confinement {
                 Ok(())
             });
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_plain_cgroup_with_default_port() {
-        let spec: SandboxSpec = "/sys/fs/cgroup/unified/sb1".parse().unwrap();
-        assert_eq!(spec.cgroup, PathBuf::from("/sys/fs/cgroup/unified/sb1"));
-        assert_eq!(spec.netns, None);
-        assert_eq!(spec.ports, vec![443]);
-    }
-
-    #[test]
-    fn parses_netns_and_ports() {
-        let spec: SandboxSpec = "sb1,netns=/run/netns/x,port=443,port=8443,port=443"
-            .parse()
-            .unwrap();
-        assert_eq!(spec.netns, Some(PathBuf::from("/run/netns/x")));
-        assert_eq!(spec.ports, vec![443, 8443]);
-    }
-
-    #[test]
-    fn rejects_bad_specs_with_specific_errors() {
-        assert!(matches!(
-            "".parse::<SandboxSpec>(),
-            Err(SpecError::EmptyCgroup { .. })
-        ));
-        assert!(matches!(
-            "a,color=red".parse::<SandboxSpec>(),
-            Err(SpecError::UnknownOption { .. })
-        ));
-        assert!(matches!(
-            "a,port=0".parse::<SandboxSpec>(),
-            Err(SpecError::BadPort { .. })
-        ));
-        assert!(matches!(
-            "a,port=70000".parse::<SandboxSpec>(),
-            Err(SpecError::BadPort { .. })
-        ));
-        assert!(matches!(
-            "a,netns=".parse::<SandboxSpec>(),
-            Err(SpecError::BadNetns { .. })
-        ));
-        assert!(matches!(
-            "a,netns=/x,netns=/y".parse::<SandboxSpec>(),
-            Err(SpecError::BadNetns { .. })
-        ));
-        let many = format!(
-            "a{}",
-            (1..=9).map(|p| format!(",port={p}")).collect::<String>()
-        );
-        assert!(matches!(
-            many.parse::<SandboxSpec>(),
-            Err(SpecError::TooManyPorts { .. })
-        ));
     }
 }

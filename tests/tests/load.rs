@@ -207,7 +207,7 @@ fn a_thousand_hostile_connections_leave_the_daemon_and_other_sandboxes_unharmed(
     let (rss_before, fds_before) = daemon.rss_kib_and_fds().unwrap();
 
     let hello =
-        gateway_tests::workspace_dir().join("gateway/testdata/client-hello/curl-h2-sni.bin");
+        gateway_tests::workspace_dir().join("gateway-proto/testdata/client-hello/curl-h2-sni.bin");
     let mut attack = cmd("python3", [py_script("client.py")]);
     attack
         .args([

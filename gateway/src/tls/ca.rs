@@ -15,7 +15,7 @@ use std::{
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls_pki_types::{CertificateDer, pem::PemObject as _};
 
-use crate::config::CaFiles;
+use gateway_proto::config::CaFiles;
 
 /// Default `$GATEWAY_HOME`.
 pub const DEFAULT_HOME: &str = "/var/lib/gateway";

@@ -24,7 +24,9 @@ use rustls::{ServerConfig, crypto::CryptoProvider};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::sync::OnceCell;
 
-use super::{ca::CertAuthority, hello::ServerName};
+use gateway_proto::HostName;
+
+use super::ca::CertAuthority;
 
 /// Leaves are refreshed when they expire within this margin.
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -35,7 +37,7 @@ const BACKDATE: Duration = Duration::from_secs(60 * 60);
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Subject {
     /// The SNI the client sent.
-    Dns(ServerName),
+    Dns(HostName),
     /// No SNI: the original destination's address.
     Ip(IpAddr),
 }
@@ -52,7 +54,7 @@ impl fmt::Display for Subject {
 /// Errors forging a certificate.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    /// The subject cannot be put in a certificate (e.g. a non-ASCII name).
+    /// rcgen could not make a certificate for the subject.
     #[error("cannot issue a certificate for {subject}: {source}")]
     Generate {
         subject: Subject,
@@ -82,6 +84,16 @@ struct Leaf {
 
 type Slot = Arc<OnceCell<Leaf>>;
 
+/// What generates a leaf: [`forge`], or in tests one that can fail on purpose (no host name
+/// makes rcgen fail, yet a failed generation must still not be cached).
+type Forge = fn(
+    &CertAuthority,
+    &Arc<CryptoProvider>,
+    &Subject,
+    Option<Vec<u8>>,
+    Duration,
+) -> Result<Leaf, CertError>;
+
 /// Issues and caches forged certificates.
 pub struct CertCache {
     ca: Arc<CertAuthority>,
@@ -89,6 +101,7 @@ pub struct CertCache {
     validity: Duration,
     slots: Mutex<LruCache<Key, Slot>>,
     generated: AtomicU64,
+    forge: Forge,
 }
 
 impl fmt::Debug for CertCache {
@@ -115,6 +128,7 @@ impl CertCache {
             validity,
             slots: Mutex::new(LruCache::new(capacity)),
             generated: AtomicU64::new(0),
+            forge,
         }
     }
 
@@ -181,8 +195,12 @@ impl CertCache {
     async fn generate(&self, subject: &Subject, alpn: Option<&[u8]>) -> Result<Leaf, CertError> {
         let ca = Arc::clone(&self.ca);
         let provider = Arc::clone(&self.provider);
-        let (subject_owned, alpn_owned, validity) =
-            (subject.clone(), alpn.map(<[u8]>::to_vec), self.validity);
+        let (subject_owned, alpn_owned, validity, forge) = (
+            subject.clone(),
+            alpn.map(<[u8]>::to_vec),
+            self.validity,
+            self.forge,
+        );
         tokio::task::spawn_blocking(move || {
             forge(&ca, &provider, &subject_owned, alpn_owned, validity)
         })
@@ -264,7 +282,7 @@ mod tests {
     }
 
     fn dns(name: &str) -> Subject {
-        Subject::Dns(ServerName::new(name).unwrap())
+        Subject::Dns(HostName::parse(name).unwrap())
     }
 
     #[tokio::test]
@@ -294,15 +312,32 @@ mod tests {
         assert_eq!(cache.generated(), 2, "another ALPN is another config");
     }
 
+    /// Fails for `fail.test`, forges the rest.
+    fn forge_failing_for_one_name(
+        ca: &CertAuthority,
+        provider: &Arc<CryptoProvider>,
+        subject: &Subject,
+        alpn: Option<Vec<u8>>,
+        validity: Duration,
+    ) -> Result<Leaf, CertError> {
+        if *subject == dns("fail.test") {
+            return Err(CertError::Aborted {
+                subject: subject.clone(),
+            });
+        }
+        forge(ca, provider, subject, alpn, validity)
+    }
+
     #[tokio::test]
-    async fn unusable_names_fail_alone_and_are_not_cached() {
-        let (_home, cache) = cache(10);
+    async fn failures_stay_alone_and_are_not_cached() {
+        let (_home, mut cache) = cache(10);
+        Arc::get_mut(&mut cache).unwrap().forge = forge_failing_for_one_name;
         for _ in 0..2 {
             let err = cache
-                .server_config(&dns("snowman.☃"), None)
+                .server_config(&dns("fail.test"), None)
                 .await
                 .unwrap_err();
-            assert!(matches!(err, CertError::Generate { .. }), "{err}");
+            assert!(matches!(err, CertError::Aborted { .. }), "{err}");
         }
         assert_eq!(cache.slots.lock().unwrap().len(), 0);
         cache.server_config(&dns("ok.test"), None).await.unwrap();

@@ -20,7 +20,10 @@ use rustls_pki_types::{
     CertificateDer, ServerName as PkiServerName, UnixTime, pem::PemObject as _,
 };
 
-use crate::config::{Pattern, TlsConfig};
+use gateway_proto::{
+    HostName, Pattern,
+    config::{FilePath, TlsConfig},
+};
 
 /// Errors building the connectors.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +73,7 @@ impl fmt::Debug for Connectors {
 impl Connectors {
     /// Loads the native roots and every configured CA file, failing on the first unusable one.
     pub fn build(tls: &TlsConfig, provider: &Arc<CryptoProvider>) -> Result<Self, UpstreamError> {
-        let base = base_roots(&tls.extra_ca_files)?;
+        let base = base_roots(&paths(&tls.extra_ca_files))?;
         let mut built: BTreeMap<Setting, Arc<ClientConfig>> = BTreeMap::new();
         let mut connector = |setting: Setting| -> Result<Arc<ClientConfig>, UpstreamError> {
             if let Some(config) = built.get(&setting) {
@@ -86,7 +89,7 @@ impl Connectors {
         })?;
         let mut rules = Vec::with_capacity(tls.upstream.len());
         for rule in &tls.upstream {
-            let mut files = rule.extra_ca_files.clone();
+            let mut files = paths(&rule.extra_ca_files);
             files.sort();
             let config = connector(Setting {
                 extra_ca_files: files,
@@ -104,7 +107,7 @@ impl Connectors {
     }
 
     /// The client config for `name` (no SNI → the default connector), and whether it verifies.
-    pub fn for_name(&self, name: Option<&str>) -> (&Arc<ClientConfig>, bool) {
+    pub fn for_name(&self, name: Option<&HostName>) -> (&Arc<ClientConfig>, bool) {
         name.and_then(|name| {
             self.rules
                 .iter()
@@ -114,6 +117,10 @@ impl Connectors {
             (config, *verify)
         })
     }
+}
+
+fn paths(files: &[FilePath]) -> Vec<PathBuf> {
+    files.iter().map(|file| file.path().to_owned()).collect()
 }
 
 fn base_roots(extra: &[PathBuf]) -> Result<RootCertStore, UpstreamError> {
@@ -231,8 +238,13 @@ impl ServerCertVerifier for NoVerify {
 
 #[cfg(test)]
 mod tests {
+    use gateway_proto::config::UpstreamRule;
+
     use super::*;
-    use crate::config::{TlsConfig, UpstreamRule};
+
+    fn name(text: &str) -> HostName {
+        HostName::parse(text).unwrap()
+    }
 
     fn rule(pattern: &str, verify: bool) -> UpstreamRule {
         UpstreamRule {
@@ -254,7 +266,7 @@ mod tests {
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let connectors = Connectors::build(&tls, &provider).unwrap();
-        let verify = |name: Option<&str>| connectors.for_name(name).1;
+        let verify = |text: Option<&str>| connectors.for_name(text.map(name).as_ref()).1;
         assert!(verify(Some("x.a.test")), "exact beats wildcard");
         assert!(!verify(Some("y.a.test")), "longer suffix beats shorter");
         assert!(!verify(Some("a.test")), "a wildcard matches its apex");
@@ -278,9 +290,9 @@ mod tests {
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let connectors = Connectors::build(&tls, &provider).unwrap();
-        let a = connectors.for_name(Some("a.test")).0;
-        let b = connectors.for_name(Some("b.test")).0;
-        let c = connectors.for_name(Some("c.test")).0;
+        let a = connectors.for_name(Some(&name("a.test"))).0;
+        let b = connectors.for_name(Some(&name("b.test"))).0;
+        let c = connectors.for_name(Some(&name("c.test"))).0;
         assert!(Arc::ptr_eq(a, b));
         assert!(
             Arc::ptr_eq(c, connectors.for_name(None).0),
@@ -299,7 +311,7 @@ mod tests {
             (empty, "holds no certificate"),
         ] {
             let tls = TlsConfig {
-                extra_ca_files: vec![path.clone()],
+                extra_ca_files: vec![FilePath::from(path.to_str().unwrap())],
                 ..TlsConfig::default()
             };
             let err = Connectors::build(&tls, &provider).unwrap_err().to_string();

@@ -1,13 +1,15 @@
-//! Invariants checked on every fuzz input; they panic when one does not hold.
-//!
-//! Shared by the fuzz targets (through `gateway_fuzz::checks`) and by the regression test
-//! `gateway/tests/fuzz_regressions.rs` (through `#[path]`). The parent module must provide
-//! `hello` (the gateway's `tls::hello`) and `config` (the gateway's `config`).
+//! Invariants of the parsers, checked on every fuzz input; they panic when one does not hold.
+//! Shared by the fuzz targets in `fuzz/` and by `tests/fuzz_regressions.rs`, which replays the
+//! kept corpus under `cargo test`.
 
 use std::path::Path;
 
-use super::config::{Config, ConfigError, Pattern};
-use super::hello::{self, Incomplete, MAX_HELLO_LEN, Parsed, ServerName};
+use crate::{
+    config::{Config, ConfigError},
+    hello::{self, Incomplete, MAX_HELLO_LEN, Parsed},
+    name::{HostName, MAX_LABEL_LEN, MAX_NAME_LEN},
+    pattern::Pattern,
+};
 
 /// How many prefixes of an input are parsed besides the input itself.
 const PREFIXES: usize = 64;
@@ -57,7 +59,7 @@ pub fn client_hello(data: &[u8]) {
     }
 
     if let Ok(text) = std::str::from_utf8(data) {
-        server_name(text);
+        host_name(text);
     }
 }
 
@@ -78,7 +80,9 @@ fn check_parsed(data: &[u8], parsed: &Result<Parsed, Incomplete>) {
                 );
             }
         }
-        Ok(Parsed::NotTls { reason }) => assert!(!reason.is_empty(), "empty reason"),
+        Ok(Parsed::NotTls { reason } | Parsed::Malformed { reason }) => {
+            assert!(!reason.is_empty(), "empty reason");
+        }
         // Waiting only makes sense while the hello could still fit: every record end is
         // checked against MAX_HELLO_LEN before the parser asks for it, and a further record
         // header is only awaited when its bytes still fit too.
@@ -90,38 +94,35 @@ fn check_parsed(data: &[u8], parsed: &Result<Parsed, Incomplete>) {
     }
 }
 
-/// `ServerName::new` accepts exactly the documented names and normalizes them as documented.
-fn server_name(text: &str) {
+/// `HostName::parse` accepts exactly the documented names and normalizes them as documented.
+fn host_name(text: &str) {
     let stripped = text.strip_suffix('.').unwrap_or(text);
     let valid = !stripped.is_empty()
-        && stripped.len() <= 253
-        && !stripped
+        && stripped.len() <= MAX_NAME_LEN
+        && stripped
             .bytes()
-            .any(|b| b.is_ascii_control() || b == b' ' || b == b'/');
-    let name = ServerName::new(text);
-    assert_eq!(
-        name.is_some(),
-        valid,
-        "ServerName::new({text:?}) = {name:?}"
-    );
-    if let Some(name) = name {
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && stripped
+            .split('.')
+            .all(|label| !label.is_empty() && label.len() <= MAX_LABEL_LEN);
+    let name = HostName::parse(text);
+    assert_eq!(name.is_ok(), valid, "HostName::parse({text:?}) = {name:?}");
+    if let Ok(name) = name {
         check_normalized(&name);
         assert_eq!(name.as_str(), stripped.to_ascii_lowercase());
-        // Only one trailing dot is removed, so a second one stays.
-        if name.as_str().ends_with('.') {
-            assert!(text.ends_with(".."), "{text:?} -> {name:?}");
-        }
         assert_eq!(name.to_string(), name.as_str());
+        assert_eq!(HostName::parse(name.as_str()).as_ref(), Ok(&name));
     }
 }
 
-fn check_normalized(name: &ServerName) {
+fn check_normalized(name: &HostName) {
     let s = name.as_str();
-    assert!(!s.is_empty() && s.len() <= 253, "{s:?}");
-    assert!(!s.bytes().any(|b| b.is_ascii_uppercase()), "{s:?}");
+    assert!(!s.is_empty() && s.len() <= MAX_NAME_LEN, "{s:?}");
+    assert!(!s.ends_with('.') && !s.starts_with('.'), "{s:?}");
     assert!(
-        !s.bytes()
-            .any(|b| b.is_ascii_control() || b == b' ' || b == b'/'),
+        s.bytes().all(|b| b.is_ascii_lowercase()
+            || b.is_ascii_digit()
+            || matches!(b, b'-' | b'_' | b'.')),
         "{s:?}"
     );
 }
@@ -158,16 +159,18 @@ fn check_config_error(error: &ConfigError) {
 
 fn check_config(config: &Config) {
     let tls = &config.tls;
-    assert!((1..=8760).contains(&tls.validity_hours), "{tls:?}");
-    assert!(tls.cache_capacity > 0, "{tls:?}");
-    let millis = tls.hello_timeout.as_millis();
+    assert!((1..=8760).contains(&tls.validity_hours.hours()), "{tls:?}");
+    let millis = tls.hello_timeout.get().as_millis();
     assert!((1..=60_000).contains(&millis), "{tls:?}");
-    if let Some(ca) = &tls.ca {
-        assert!(!ca.cert.as_os_str().is_empty() && !ca.key.as_os_str().is_empty());
-    }
+    assert_eq!(
+        tls.ca_cert.is_some(),
+        tls.ca_key.is_some(),
+        "half a CA accepted: {tls:?}"
+    );
     let rule_files = tls.upstream.iter().flat_map(|rule| &rule.extra_ca_files);
-    for file in tls.extra_ca_files.iter().chain(rule_files) {
-        assert!(!file.as_os_str().is_empty(), "{tls:?}");
+    let ca_files = tls.ca_cert.iter().chain(&tls.ca_key);
+    for file in tls.extra_ca_files.iter().chain(rule_files).chain(ca_files) {
+        assert!(!file.path().as_os_str().is_empty(), "{tls:?}");
     }
     for pattern in tls
         .bypass
@@ -190,41 +193,37 @@ fn check_config(config: &Config) {
 
 /// `Pattern::parse` never panics; what it accepts round-trips and matches its own name.
 fn pattern(text: &str) {
-    let Some(parsed) = Pattern::parse(text) else {
+    let Ok(parsed) = Pattern::parse(text) else {
         return;
     };
     check_pattern(&parsed);
     // Case-insensitive: the upper-cased text is the same pattern.
     assert_eq!(
         Pattern::parse(&text.to_ascii_uppercase()).as_ref(),
-        Some(&parsed),
+        Ok(&parsed),
         "{text:?}"
     );
 }
 
 fn check_pattern(parsed: &Pattern) {
     let shown = parsed.to_string();
-    assert_eq!(Pattern::parse(&shown).as_ref(), Some(parsed), "{shown:?}");
-    let name = shown.trim_start_matches("*.");
-    assert!(parsed.matches(name), "{shown:?} does not match {name:?}");
-    assert!(!name.is_empty() && name.len() <= 253, "{shown:?}");
+    assert_eq!(Pattern::parse(&shown).as_ref(), Ok(parsed), "{shown:?}");
+    let (Pattern::Exact(name) | Pattern::Suffix(name)) = parsed;
+    check_normalized(name);
+    assert_eq!(shown.trim_start_matches("*."), name.as_str());
+    assert!(parsed.matches(name), "{shown:?} does not match itself");
+    // Only whole labels are added below the name.
+    let glued = HostName::parse(&format!("x{name}"));
     assert!(
-        !name.bytes().any(|b| b.is_ascii_uppercase() || b == b'*'),
+        !glued.is_ok_and(|glued| parsed.matches(&glued)),
         "{shown:?}"
     );
-    assert!(!name.ends_with('.') && !name.starts_with('.'), "{shown:?}");
-    // Only whole labels are added below the name.
-    assert!(!parsed.matches(&format!("x{name}")), "{shown:?}");
-    match parsed {
-        Pattern::Exact(exact) => {
-            assert_eq!(exact, name);
-            assert!(!parsed.matches(&format!("x.{name}")), "{shown:?}");
-        }
-        Pattern::Suffix(suffix) => {
-            assert_eq!(suffix, name);
-            assert!(parsed.matches(&format!("x.{name}")), "{shown:?}");
-            assert!(!parsed.matches(&format!(".{name}")), "{shown:?}");
-        }
+    if let Ok(below) = HostName::parse(&format!("x.{name}")) {
+        assert_eq!(
+            parsed.matches(&below),
+            matches!(parsed, Pattern::Suffix(_)),
+            "{shown:?}"
+        );
     }
 }
 

@@ -1,7 +1,9 @@
-//! TLS ClientHello parsing: extracts SNI and ALPN from the first bytes a client sends, so the transparent proxy can decide where a connection may go before forwarding it.
+//! TLS ClientHello parsing: extracts SNI and ALPN from the first bytes a client sends, so the
+//! gateway can decide where a connection may go before anything is forwarded.
 
 use std::borrow::Cow;
-use std::fmt;
+
+use crate::name::HostName;
 
 /// Largest ClientHello (all records that carry it, headers included) that is accepted.
 pub const MAX_HELLO_LEN: usize = 16 * 1024;
@@ -22,9 +24,6 @@ const EXT_SERVER_NAME: u16 = 0;
 const EXT_ALPN: u16 = 16;
 const NAME_TYPE_HOST_NAME: u8 = 0;
 
-/// Longest DNS name in presentation form, without the trailing dot.
-const MAX_NAME_LEN: usize = 253;
-
 /// More bytes are needed before the input can be judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Incomplete;
@@ -34,8 +33,14 @@ pub struct Incomplete;
 pub enum Parsed {
     /// A well-formed ClientHello.
     Hello(ClientHello),
-    /// Not a TLS ClientHello, or a malformed one; `reason` says why in a few words (for logs).
+    /// Not TLS at all: the first byte is not a TLS handshake record (plain HTTP, SSH, ...).
     NotTls {
+        /// Short human-readable cause, for logs only.
+        reason: &'static str,
+    },
+    /// Starts as a TLS handshake record but is not a well-formed ClientHello: never relayed,
+    /// since a server might read it differently than this parser.
+    Malformed {
         /// Short human-readable cause, for logs only.
         reason: &'static str,
     },
@@ -45,46 +50,11 @@ pub enum Parsed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientHello {
     /// The normalized SNI host name, if the client sent one.
-    pub sni: Option<ServerName>,
+    pub sni: Option<HostName>,
     /// ALPN protocols offered, in the client's order (empty when no ALPN extension).
     pub alpn: Vec<Vec<u8>>,
     /// Number of input bytes that make up the ClientHello records (the rest, if any, follows it).
     pub len: usize,
-}
-
-/// A normalized server name: ASCII lower-cased, one trailing dot removed.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ServerName(String);
-
-impl ServerName {
-    /// Normalizes and validates a name (also used for config patterns): non-empty after removing
-    /// one trailing dot, at most 253 bytes, valid UTF-8, no ASCII control chars, spaces, or '/';
-    /// ASCII letters lower-cased (non-ASCII kept as is: a later stage decides whether it can be a
-    /// certificate name).
-    pub fn new(name: &str) -> Option<ServerName> {
-        let name = name.strip_suffix('.').unwrap_or(name);
-        if name.is_empty() || name.len() > MAX_NAME_LEN || name.bytes().any(is_forbidden_name_byte)
-        {
-            return None;
-        }
-        Some(ServerName(name.to_ascii_lowercase()))
-    }
-
-    /// The normalized name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for ServerName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// Bytes that would let a name smuggle a path, a header line or a log line break.
-fn is_forbidden_name_byte(b: u8) -> bool {
-    b.is_ascii_control() || b == b' ' || b == b'/'
 }
 
 /// Parses the start of a connection. Never panics, never reads past `buf`, never allocates more than the input size.
@@ -98,6 +68,7 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, Incomplete> {
         Ok(span) => span,
         Err(Stop::Incomplete) => return Err(Incomplete),
         Err(Stop::NotTls(reason)) => return Ok(Parsed::NotTls { reason }),
+        Err(Stop::Malformed(reason)) => return Ok(Parsed::Malformed { reason }),
     };
     let message = message_bytes(buf, &span);
     let body = message.get(HANDSHAKE_HEADER_LEN..).unwrap_or_default();
@@ -107,7 +78,7 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, Incomplete> {
             alpn,
             len: span.end,
         }),
-        Err(reason) => Parsed::NotTls { reason },
+        Err(reason) => Parsed::Malformed { reason },
     })
 }
 
@@ -115,6 +86,7 @@ pub fn parse(buf: &[u8]) -> Result<Parsed, Incomplete> {
 enum Stop {
     Incomplete,
     NotTls(&'static str),
+    Malformed(&'static str),
 }
 
 /// Where the handshake message lies in the input, once all its records are present.
@@ -172,7 +144,7 @@ fn locate_message(buf: &[u8]) -> Result<Span, Stop> {
         let fragment_start = pos + RECORD_HEADER_LEN;
         let record_end = fragment_start + fragment_len;
         if record_end > MAX_HELLO_LEN {
-            return Err(Stop::NotTls("ClientHello too large"));
+            return Err(Stop::Malformed("ClientHello too large"));
         }
         let available = buf
             .get(fragment_start..record_end.min(buf.len()))
@@ -182,7 +154,7 @@ fn locate_message(buf: &[u8]) -> Result<Span, Stop> {
             .message_type()
             .is_some_and(|t| t != HANDSHAKE_CLIENT_HELLO)
         {
-            return Err(Stop::NotTls("not a ClientHello"));
+            return Err(Stop::Malformed("not a ClientHello"));
         }
         let carried_with_this = carried + fragment_len;
         if let Some(message_len) = header.message_len() {
@@ -190,12 +162,12 @@ fn locate_message(buf: &[u8]) -> Result<Span, Stop> {
             // Any missing byte needs at least one more record header.
             let more_headers = if missing > 0 { RECORD_HEADER_LEN } else { 0 };
             if record_end + missing + more_headers > MAX_HELLO_LEN {
-                return Err(Stop::NotTls("ClientHello too large"));
+                return Err(Stop::Malformed("ClientHello too large"));
             }
             // Clients send nothing else until the server answers, so extra handshake bytes
             // would only be there to confuse a parser that disagrees with the server's.
             if carried_with_this > message_len {
-                return Err(Stop::NotTls("data after ClientHello in its record"));
+                return Err(Stop::Malformed("data after ClientHello in its record"));
             }
             if buf.len() < record_end {
                 return Err(Stop::Incomplete);
@@ -219,23 +191,23 @@ fn locate_message(buf: &[u8]) -> Result<Span, Stop> {
 fn record_header(rest: &[u8], first: bool) -> Result<usize, Stop> {
     let byte = |i: usize| rest.get(i).copied().ok_or(Stop::Incomplete);
     if byte(0)? != CONTENT_TYPE_HANDSHAKE {
-        return Err(Stop::NotTls(if first {
-            "not a TLS handshake record"
+        return Err(if first {
+            Stop::NotTls("not a TLS handshake record")
         } else {
-            "non-handshake record inside ClientHello"
-        }));
+            Stop::Malformed("non-handshake record inside ClientHello")
+        });
     }
     if byte(1)? != RECORD_VERSION_MAJOR || byte(2)? > MAX_RECORD_VERSION_MINOR {
-        return Err(Stop::NotTls("unsupported record version"));
+        return Err(Stop::Malformed("unsupported record version"));
     }
     // The high length byte alone can already prove the record oversized.
     let high = usize::from(byte(3)?) << 8;
     if high > MAX_RECORD_LEN {
-        return Err(Stop::NotTls("bad record length"));
+        return Err(Stop::Malformed("bad record length"));
     }
     let len = high | usize::from(byte(4)?);
     if len == 0 || len > MAX_RECORD_LEN {
-        return Err(Stop::NotTls("bad record length"));
+        return Err(Stop::Malformed("bad record length"));
     }
     Ok(len)
 }
@@ -260,7 +232,7 @@ fn message_bytes<'a>(buf: &'a [u8], span: &Span) -> Cow<'a, [u8]> {
 }
 
 /// SNI and ALPN, the parts of the hello the proxy routes on.
-type HelloFields = (Option<ServerName>, Vec<Vec<u8>>);
+type HelloFields = (Option<HostName>, Vec<Vec<u8>>);
 
 /// Parses the ClientHello body (after the handshake header).
 fn parse_client_hello(body: &[u8]) -> Result<HelloFields, &'static str> {
@@ -325,7 +297,7 @@ fn parse_extensions(mut exts: Reader<'_>) -> Result<HelloFields, &'static str> {
 }
 
 /// Parses the server_name extension body, returning its host_name entry if any.
-fn parse_server_name(mut body: Reader<'_>) -> Result<Option<ServerName>, &'static str> {
+fn parse_server_name(mut body: Reader<'_>) -> Result<Option<HostName>, &'static str> {
     let mut list = body.prefixed_u16().ok_or("truncated server name list")?;
     if !body.is_empty() {
         return Err("trailing bytes in server_name extension");
@@ -350,11 +322,8 @@ fn parse_server_name(mut body: Reader<'_>) -> Result<Option<ServerName>, &'stati
     Ok(host)
 }
 
-fn host_name(bytes: &[u8]) -> Result<ServerName, &'static str> {
-    std::str::from_utf8(bytes)
-        .ok()
-        .and_then(ServerName::new)
-        .ok_or("invalid server name")
+fn host_name(bytes: &[u8]) -> Result<HostName, &'static str> {
+    HostName::from_bytes(bytes).map_err(|_| "invalid server name")
 }
 
 /// Parses the ALPN extension body into the protocol list, keeping the client's order.
@@ -495,6 +464,17 @@ mod tests {
             Ok(Parsed::NotTls { reason }) => reason,
             other => panic!("expected NotTls, got {other:?}"),
         }
+    }
+
+    fn malformed(buf: &[u8]) -> &'static str {
+        match parse(buf) {
+            Ok(Parsed::Malformed { reason }) => reason,
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    fn name(text: &str) -> Option<HostName> {
+        Some(HostName::parse(text).unwrap())
     }
 
     fn assert_all_prefixes_incomplete(name: &str, buf: &[u8]) {
@@ -651,7 +631,7 @@ mod tests {
     fn fixtures_parse_to_readme_values() {
         for (name, bytes, sni, alpn) in fixtures() {
             let h = hello(bytes);
-            assert_eq!(h.sni.as_ref().map(ServerName::as_str), sni, "{name}");
+            assert_eq!(h.sni.as_ref().map(HostName::as_str), sni, "{name}");
             assert_eq!(h.alpn, alpn, "{name}");
             // Every capture is exactly one record holding just the hello.
             assert_eq!(h.len, bytes.len(), "{name}");
@@ -692,7 +672,7 @@ mod tests {
     fn one_byte_fragments_split_the_handshake_header() {
         let (_, bytes) = fixture!("openssl-tls12");
         let split = frame_records(&bytes[5..], || 1);
-        assert_eq!(hello(&split).sni, ServerName::new("api.example.com"));
+        assert_eq!(hello(&split).sni, name("api.example.com"));
         assert_all_prefixes_incomplete("1-byte", &split);
     }
 
@@ -717,12 +697,12 @@ mod tests {
 
     #[test]
     fn bad_record_headers_are_rejected() {
-        assert_eq!(not_tls(&[22, 2]), "unsupported record version");
-        assert_eq!(not_tls(&[22, 3, 5]), "unsupported record version");
-        assert_eq!(not_tls(&[22, 0x30, 0x31]), "unsupported record version");
-        assert_eq!(not_tls(&[22, 3, 1, 0, 0]), "bad record length");
-        assert_eq!(not_tls(&[22, 3, 1, 0x41]), "bad record length");
-        assert_eq!(not_tls(&[22, 3, 1, 0x40, 1]), "bad record length");
+        assert_eq!(malformed(&[22, 2]), "unsupported record version");
+        assert_eq!(malformed(&[22, 3, 5]), "unsupported record version");
+        assert_eq!(malformed(&[22, 0x30, 0x31]), "unsupported record version");
+        assert_eq!(malformed(&[22, 3, 1, 0, 0]), "bad record length");
+        assert_eq!(malformed(&[22, 3, 1, 0x41]), "bad record length");
+        assert_eq!(malformed(&[22, 3, 1, 0x40, 1]), "bad record length");
         // 0x0300..=0x0304 are all fine as record versions.
         for minor in 0..=4 {
             assert_eq!(parse(&[22, 3, minor, 0, 5, 1]), Err(Incomplete));
@@ -732,7 +712,7 @@ mod tests {
     #[test]
     fn other_handshake_types_are_rejected() {
         for hs_type in [0u8, 2, 11, 16, 20] {
-            assert_eq!(not_tls(&[22, 3, 1, 0, 4, hs_type]), "not a ClientHello");
+            assert_eq!(malformed(&[22, 3, 1, 0, 4, hs_type]), "not a ClientHello");
         }
     }
 
@@ -741,7 +721,7 @@ mod tests {
         let (_, bytes) = fixture!("curl-h2-sni");
         let mut split = frame_records(&bytes[5..], || 100);
         split[105] = 23;
-        assert_eq!(not_tls(&split), "non-handshake record inside ClientHello");
+        assert_eq!(malformed(&split), "non-handshake record inside ClientHello");
     }
 
     #[test]
@@ -754,11 +734,11 @@ mod tests {
             let cut = bytes.len() - 1;
             assert_eq!(parse(&short_record[..cut]), Err(Incomplete), "{name}");
             // ...and the byte left over is not a record header.
-            let reason = not_tls(&short_record);
+            let reason = malformed(&short_record);
             assert_eq!(reason, "non-handshake record inside ClientHello", "{name}");
             // A record longer than the message it carries is decided at once.
             for (at, delta) in [(3, 1), (7, -1)] {
-                let reason = not_tls(&bump(bytes, at, 2, delta));
+                let reason = malformed(&bump(bytes, at, 2, delta));
                 assert_eq!(reason, "data after ClientHello in its record", "{name}");
             }
             let mut inner = vec![
@@ -778,7 +758,7 @@ mod tests {
             }
             for (at, width) in inner {
                 for delta in [1, -1] {
-                    let reason = not_tls(&bump(bytes, at, width, delta));
+                    let reason = malformed(&bump(bytes, at, width, delta));
                     assert!(!reason.is_empty(), "{name}@{at}{delta:+}");
                 }
             }
@@ -790,20 +770,20 @@ mod tests {
         let (_, bytes) = fixture!("curl-h2-sni");
         let f = fields(bytes);
         assert_eq!(
-            not_tls(&bump(bytes, f.extensions, 2, 1)),
+            malformed(&bump(bytes, f.extensions, 2, 1)),
             "truncated extensions"
         );
         assert_eq!(
-            not_tls(&bump(bytes, f.last_ext, 2, 1)),
+            malformed(&bump(bytes, f.last_ext, 2, 1)),
             "extension overruns extensions block"
         );
         let (sni_ext_len, sni_list_len) = f.sni.unwrap();
         assert_eq!(
-            not_tls(&bump(bytes, sni_ext_len, 2, 1)),
+            malformed(&bump(bytes, sni_ext_len, 2, 1)),
             "trailing bytes in server_name extension"
         );
         assert_eq!(
-            not_tls(&bump(bytes, sni_list_len + 3, 2, 1)),
+            malformed(&bump(bytes, sni_list_len + 3, 2, 1)),
             "server name overruns list"
         );
     }
@@ -834,9 +814,9 @@ mod tests {
         for n in 0..header.len() {
             assert_eq!(parse(&header[..n]), Err(Incomplete));
         }
-        assert_eq!(not_tls(&header), "ClientHello too large");
+        assert_eq!(malformed(&header), "ClientHello too large");
         // A single record whose end is past the limit is too large before its payload arrives.
-        assert_eq!(not_tls(&[22, 3, 1, 0x40, 0]), "ClientHello too large");
+        assert_eq!(malformed(&[22, 3, 1, 0x40, 0]), "ClientHello too large");
     }
 
     #[test]
@@ -860,7 +840,7 @@ mod tests {
             assert_eq!(at_limit.len(), MAX_HELLO_LEN);
             assert_eq!(hello(&at_limit).len, MAX_HELLO_LEN);
             let over = fits(MAX_HELLO_LEN + 1, split);
-            assert_eq!(not_tls(&over), "ClientHello too large");
+            assert_eq!(malformed(&over), "ClientHello too large");
         }
     }
 
@@ -876,7 +856,7 @@ mod tests {
         trailing.push(0);
         trailing[3] += 1;
         assert_eq!(
-            not_tls(&single_record(&trailing)),
+            malformed(&single_record(&trailing)),
             "trailing bytes after extensions"
         );
         let mut empty_suites = message(None);
@@ -884,19 +864,19 @@ mod tests {
         empty_suites.truncate(empty_suites.len() - 2);
         empty_suites[3] -= 2;
         assert_eq!(
-            not_tls(&single_record(&empty_suites)),
+            malformed(&single_record(&empty_suites)),
             "bad cipher suites length"
         );
         let mut bad_version = message(None);
         bad_version[4] = 0x7f;
         assert_eq!(
-            not_tls(&single_record(&bad_version)),
+            malformed(&single_record(&bad_version)),
             "bad ClientHello version"
         );
         let mut long_session_id = message(None);
         long_session_id[4 + 2 + 32] = 33;
         assert_eq!(
-            not_tls(&single_record(&long_session_id)),
+            malformed(&single_record(&long_session_id)),
             "session id too long"
         );
     }
@@ -904,7 +884,7 @@ mod tests {
     #[test]
     fn server_name_extension_rules() {
         let sni = |entries: &[(u8, &[u8])]| parse(&record_with_extensions(&[sni_ext(entries)]));
-        let name = ServerName::new("example.com");
+        let name = name("example.com");
         assert_eq!(
             hello(&record_with_extensions(&[sni_ext(&[(0, b"Example.COM")])])).sni,
             name
@@ -923,15 +903,19 @@ mod tests {
             (&[(0, b"a.com"), (0, b"b.com")], "duplicate host_name"),
             (&[], "empty server name list"),
         ] {
-            assert_eq!(sni(entries), Ok(Parsed::NotTls { reason }), "{entries:?}");
+            assert_eq!(
+                sni(entries),
+                Ok(Parsed::Malformed { reason }),
+                "{entries:?}"
+            );
         }
         let twice = [sni_ext(&[(0, b"a.com")]), sni_ext(&[(0, b"a.com")])];
         assert_eq!(
-            not_tls(&record_with_extensions(&twice)),
+            malformed(&record_with_extensions(&twice)),
             "duplicate server_name extension"
         );
         assert_eq!(
-            not_tls(&record_with_extensions(&[ext(0, &[])])),
+            malformed(&record_with_extensions(&[ext(0, &[])])),
             "truncated server name list"
         );
     }
@@ -941,35 +925,15 @@ mod tests {
         let h = hello(&record_with_extensions(&[alpn_ext(&[b"h2", b"http/1.1"])]));
         assert_eq!(h.alpn, H2_H1);
         let empty_protocol = record_with_extensions(&[alpn_ext(&[b"h2", b""])]);
-        assert_eq!(not_tls(&empty_protocol), "empty ALPN protocol");
+        assert_eq!(malformed(&empty_protocol), "empty ALPN protocol");
         let empty_list = record_with_extensions(&[alpn_ext(&[])]);
-        assert_eq!(not_tls(&empty_list), "empty ALPN list");
+        assert_eq!(malformed(&empty_list), "empty ALPN list");
         let twice = [alpn_ext(&[b"h2"]), alpn_ext(&[b"h2"])];
         assert_eq!(
-            not_tls(&record_with_extensions(&twice)),
+            malformed(&record_with_extensions(&twice)),
             "duplicate ALPN extension"
         );
         let overrun = record_with_extensions(&[ext(16, &[0, 3, 5, b'h', b'2'])]);
-        assert_eq!(not_tls(&overrun), "ALPN protocol overruns list");
-    }
-
-    #[test]
-    fn server_name_normalization() {
-        let ok = |s: &str| ServerName::new(s).map(|n| n.to_string());
-        assert_eq!(ok("API.Example.COM.").as_deref(), Some("api.example.com"));
-        assert_eq!(ok(""), None);
-        assert_eq!(ok("."), None);
-        assert_eq!(ok("a\0b"), None);
-        assert_eq!(ok("a/b"), None);
-        assert_eq!(ok("a b"), None);
-        assert_eq!(ok("a\x7fb"), None);
-        assert_eq!(ok("snowman.☃").as_deref(), Some("snowman.☃"));
-        assert_eq!(ok("Snowman.☃").as_deref(), Some("snowman.☃"));
-        let max = "a".repeat(253);
-        assert_eq!(ok(&max).as_deref(), Some(max.as_str()));
-        assert_eq!(ok(&format!("{max}.")).as_deref(), Some(max.as_str()));
-        assert_eq!(ok(&"a".repeat(254)), None);
-        // Only one trailing dot is removed.
-        assert_eq!(ok("a..").as_deref(), Some("a."));
+        assert_eq!(malformed(&overrun), "ALPN protocol overruns list");
     }
 }

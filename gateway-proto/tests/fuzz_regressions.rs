@@ -5,12 +5,7 @@
 use std::panic::catch_unwind;
 use std::path::{Path, PathBuf};
 
-// The names `checks` expects beside it: the real modules, here through the public API.
-use gateway::config;
-use gateway::tls::hello;
-
-#[path = "../../fuzz/src/checks.rs"]
-mod checks;
+use gateway_proto::invariants as checks;
 
 /// Runs `check` on every file of the target's directory; fails naming each input that panics.
 fn replay(target: &str, check: fn(&[u8])) {

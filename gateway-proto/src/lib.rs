@@ -1,0 +1,15 @@
+//! gateway-proto: everything that parses sandbox or operator input, pure and fuzzable — host
+//! names and patterns (one normalizer), the TLS ClientHello, the config model, ports, durations
+//! and sandbox specs. No build script, no eBPF, no async runtime.
+
+pub mod config;
+pub mod duration;
+pub mod hello;
+pub mod invariants;
+pub mod name;
+pub mod pattern;
+pub mod ports;
+pub mod sandbox_spec;
+
+pub use name::HostName;
+pub use pattern::Pattern;

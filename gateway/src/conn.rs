@@ -1,0 +1,304 @@
+//! One sandbox connection, top to bottom: original destination → first bytes → route decision
+//! → handler (refuse, splice, intercept) → one log line.
+
+use std::{
+    io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use gateway_proto::hello::{self, MAX_HELLO_LEN, Parsed};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
+
+use crate::{
+    ebpf::{EbpfError, OrigDstTable},
+    net::{ClientAddr, DialError, OrigDst, dial},
+    policy::{
+        Refusal, Route, RoutePolicy,
+        route::{Intercept, Splice},
+    },
+    relay::{RelayError, RelayStats, Timeouts, splice},
+    sandbox::SandboxId,
+    tls::{
+        TlsContext,
+        intercept::{self, InterceptError, UpstreamFacts},
+    },
+};
+
+/// What every connection of one sandbox needs.
+#[derive(Debug)]
+pub struct SandboxContext {
+    /// The sandbox served.
+    pub id: SandboxId,
+    /// Where the eBPF programs recorded original destinations.
+    pub orig_dst: OrigDstTable,
+    /// Connection time limits.
+    pub timeouts: Timeouts,
+    /// The route decision's inputs.
+    pub policy: Arc<RoutePolicy>,
+    /// The CA and forged certificates.
+    pub tls: Arc<TlsContext>,
+    /// Tracks connection tasks, so shutdown can let them finish.
+    pub connections: TaskTracker,
+    /// Cancelled when the gateway stops waiting for connections to finish.
+    pub cancel: CancellationToken,
+}
+
+/// Why one sandbox connection was not relayed, or ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// No original destination was recorded: the client dialled the listener itself.
+    #[error("no original destination recorded (connection was not redirected); refused")]
+    NotRedirected,
+    /// Reading `ORIG_DST` failed.
+    #[error(transparent)]
+    Lookup(#[from] EbpfError),
+    /// The gateway stopped before the connection ended.
+    #[error("gateway shutting down; connection closed")]
+    Shutdown,
+    /// The first bytes could not be read.
+    #[error(transparent)]
+    FirstBytes(#[from] FirstBytesError),
+    /// The route decision refused the connection.
+    #[error("{0}; refused")]
+    Refused(Refusal),
+    /// A splice could not reach its upstream.
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// A splice failed midway.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+    /// The interception failed.
+    #[error(transparent)]
+    Intercept(#[from] InterceptError),
+}
+
+impl ConnError {
+    /// Bytes moved before the failure.
+    fn stats(&self) -> RelayStats {
+        match self {
+            ConnError::Relay(relay) | ConnError::Intercept(InterceptError::Relay(relay)) => {
+                relay.stats
+            }
+            _ => RelayStats::default(),
+        }
+    }
+}
+
+/// Why the first bytes of a connection could not be judged.
+#[derive(Debug, thiserror::Error)]
+pub enum FirstBytesError {
+    /// The client sent nothing usable in time.
+    #[error("no ClientHello within {timeout:?} ({received} bytes received)")]
+    Timeout {
+        /// How long was waited.
+        timeout: Duration,
+        /// Bytes that had arrived.
+        received: usize,
+    },
+    /// The client closed first.
+    #[error("client closed after {received} bytes, before a complete ClientHello")]
+    Closed {
+        /// Bytes that had arrived.
+        received: usize,
+    },
+    /// The ClientHello did not fit in the cap.
+    #[error("ClientHello larger than {MAX_HELLO_LEN} bytes")]
+    TooLarge,
+    /// Reading from the client failed.
+    #[error("reading the ClientHello: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// How a connection was handled, for its log line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Not decided yet (failed before), or refused.
+    #[default]
+    Undecided,
+    /// TLS terminated and re-encrypted.
+    Intercept,
+    /// Intercepted, to an upstream whose certificate is not verified (`verify = false`).
+    InterceptUnverified,
+    /// Spliced raw by a bypass rule.
+    Bypass,
+    /// Not TLS, relayed raw (plain_tcp = "relay").
+    Plain,
+}
+
+impl Mode {
+    /// The name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Undecided => "none",
+            Mode::Intercept => "intercept",
+            Mode::InterceptUnverified => "intercept-unverified",
+            Mode::Bypass => "bypass",
+            Mode::Plain => "plain",
+        }
+    }
+
+    fn of(route: &Route) -> Mode {
+        match route {
+            Route::Refuse(_) => Mode::Undecided,
+            Route::Splice(Splice::Bypass { .. }) => Mode::Bypass,
+            Route::Splice(Splice::PlainTcp) => Mode::Plain,
+            Route::Intercept(Intercept { verify: true, .. }) => Mode::Intercept,
+            Route::Intercept(Intercept { verify: false, .. }) => Mode::InterceptUnverified,
+        }
+    }
+}
+
+/// What is learnt about a connection as it is handled, for its one log line.
+#[derive(Debug, Default)]
+struct ConnInfo {
+    orig_dst: Option<OrigDst>,
+    sni: Option<String>,
+    mode: Mode,
+    upstream: UpstreamFacts,
+}
+
+/// Handles one accepted connection and logs one line about it.
+pub async fn handle(stream: TcpStream, client: ClientAddr, ctx: &SandboxContext) {
+    let start = Instant::now();
+    let mut info = ConnInfo::default();
+    let result = tokio::select! {
+        result = try_handle(stream, client, ctx, &mut info) => result,
+        () = ctx.cancel.cancelled() => Err(ConnError::Shutdown),
+    };
+    log_close(ctx.id, client, &info, start.elapsed(), &result);
+}
+
+async fn try_handle(
+    mut stream: TcpStream,
+    client: ClientAddr,
+    ctx: &SandboxContext,
+    info: &mut ConnInfo,
+) -> Result<RelayStats, ConnError> {
+    let Some(entry) = ctx.orig_dst.take(&client.key(ctx.id))? else {
+        // Nothing to tell the client; it only learns the connection is closed.
+        let _ = stream.shutdown().await;
+        return Err(ConnError::NotRedirected);
+    };
+    let dst = OrigDst::from(entry);
+    info.orig_dst = Some(dst);
+    if let Some(refusal) = ctx.policy.refuse_destination(dst) {
+        return Err(ConnError::Refused(refusal));
+    }
+    // Both legs carry small interactive writes (TLS handshakes): do not delay them.
+    let _ = stream.set_nodelay(true);
+    let (prefix, first) = read_first_bytes(&mut stream, ctx.timeouts.hello).await?;
+    if let Parsed::Hello(hello) = &first {
+        info.sni = hello.sni.as_ref().map(ToString::to_string);
+    }
+    let route = ctx.policy.route(dst, &first);
+    info.mode = Mode::of(&route);
+    match route {
+        Route::Refuse(refusal) => Err(ConnError::Refused(refusal)),
+        Route::Splice(_) => {
+            let (upstream, local) = dial(dst, ctx.timeouts.connect).await?;
+            info.upstream.local = local;
+            Ok(splice(stream, &prefix, upstream, ctx.timeouts.idle).await?)
+        }
+        Route::Intercept(route) => {
+            let alpn_offer = match first {
+                Parsed::Hello(hello) => hello.alpn,
+                Parsed::NotTls { .. } | Parsed::Malformed { .. } => Vec::new(),
+            };
+            let facts = &mut info.upstream;
+            Ok(intercept::intercept(
+                stream,
+                prefix,
+                &alpn_offer,
+                dst,
+                route,
+                &ctx.tls,
+                ctx.timeouts,
+                facts,
+            )
+            .await?)
+        }
+    }
+}
+
+/// Reads until the buffer holds a complete ClientHello or is judged not to be one; returns the
+/// bytes read (to replay) and the verdict.
+async fn read_first_bytes(
+    client: &mut TcpStream,
+    timeout: Duration,
+) -> Result<(Vec<u8>, Parsed), FirstBytesError> {
+    let mut buf = Vec::with_capacity(1024);
+    let read = async {
+        loop {
+            match hello::parse(&buf) {
+                Ok(parsed) => return Ok(parsed),
+                Err(hello::Incomplete) if buf.len() >= MAX_HELLO_LEN => {
+                    return Err(FirstBytesError::TooLarge);
+                }
+                Err(hello::Incomplete) => {}
+            }
+            let mut chunk = [0u8; 4096];
+            let want = chunk.len().min(MAX_HELLO_LEN - buf.len());
+            let n = client
+                .read(&mut chunk[..want])
+                .await
+                .map_err(FirstBytesError::Io)?;
+            if n == 0 {
+                return Err(FirstBytesError::Closed {
+                    received: buf.len(),
+                });
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    // The buffer is borrowed by the read future; its length is reported after it is dropped.
+    let result = tokio::time::timeout(timeout, read).await;
+    match result {
+        Ok(Ok(parsed)) => Ok((buf, parsed)),
+        Ok(Err(err)) => Err(err),
+        Err(_) => Err(FirstBytesError::Timeout {
+            timeout,
+            received: buf.len(),
+        }),
+    }
+}
+
+fn log_close(
+    sandbox: SandboxId,
+    client: ClientAddr,
+    info: &ConnInfo,
+    elapsed: Duration,
+    result: &Result<RelayStats, ConnError>,
+) {
+    let duration_ms = elapsed.as_millis() as u64;
+    let orig_dst = info.orig_dst.map(|d| d.to_string()).unwrap_or_default();
+    let upstream_local = info
+        .upstream
+        .local
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let sni = info.sni.as_deref().unwrap_or("");
+    let alpn = info.upstream.alpn.as_deref().unwrap_or("");
+    let mode = info.mode.as_str();
+    match result {
+        Ok(stats) => info!(
+            sandbox = %sandbox, client = %client, orig_dst, sni, mode, alpn, upstream_local,
+            bytes_up = stats.bytes_up, bytes_down = stats.bytes_down, duration_ms, outcome = "ok",
+            "connection closed"
+        ),
+        Err(err) => {
+            let stats = err.stats();
+            warn!(
+                sandbox = %sandbox, client = %client, orig_dst, sni, mode, alpn, upstream_local,
+                bytes_up = stats.bytes_up, bytes_down = stats.bytes_down, duration_ms,
+                outcome = "error", error = %err,
+                "connection failed"
+            );
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! The engine: the loaded eBPF programs, the sandboxes being served and their listeners, and
+//! the connections in flight. Used by `gateway run` and by `gateway exec` in-process.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use gateway_proto::{config::TlsConfig, ports::Ports};
+use tokio::task::JoinSet;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::warn;
+
+use crate::{
+    conn::SandboxContext,
+    ebpf::{Attachment, EbpfError, PinDir, Programs},
+    net::listener::{self, ListenError},
+    policy::RoutePolicy,
+    relay::Timeouts,
+    sandbox::{
+        SandboxId,
+        cgroup::{Cgroup, CgroupError},
+        netns::NetNs,
+    },
+    tls::{TlsContext, TlsSetupError, ca::gateway_home, crypto_provider, upstream::UpstreamError},
+};
+
+/// Errors setting up the engine or a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A sandbox's cgroup could not be used.
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    /// Loading, attaching or pinning eBPF failed.
+    #[error(transparent)]
+    Ebpf(#[from] EbpfError),
+    /// The CA could not be set up.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// An upstream connector could not be built.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// A sandbox's listener could not be opened.
+    #[error("sandbox {sandbox} (cgroup {cgroup}): {source}")]
+    Listen {
+        /// The sandbox.
+        sandbox: SandboxId,
+        /// Its cgroup.
+        cgroup: PathBuf,
+        /// Why.
+        #[source]
+        source: ListenError,
+    },
+    /// The gateway process itself is inside a sandbox cgroup, so its upstream dials would loop.
+    #[error(
+        "the gateway runs inside sandbox cgroup {cgroup} (its own cgroup is {own}); run it outside every sandbox"
+    )]
+    InsideSandbox {
+        /// The sandbox's cgroup.
+        cgroup: PathBuf,
+        /// The gateway's own cgroup.
+        own: PathBuf,
+    },
+}
+
+/// Tunables shared by every sandbox.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// TLS interception settings (from the config file).
+    pub tls: TlsConfig,
+    /// Connection time limits.
+    pub timeouts: Timeouts,
+    /// How long shutdown waits for open connections before closing them.
+    pub drain_timeout: Duration,
+}
+
+/// A sandbox being served.
+#[derive(Debug)]
+struct Served {
+    id: SandboxId,
+    cgroup_id: u64,
+    cgroup: PathBuf,
+    attachment: Attachment,
+    accept_loops: Vec<tokio::task::AbortHandle>,
+}
+
+/// The running gateway: loaded programs, and one listener (and accept tasks) per sandbox.
+#[derive(Debug)]
+pub struct Engine {
+    programs: Programs,
+    tls: Arc<TlsContext>,
+    policy: Arc<RoutePolicy>,
+    options: EngineOptions,
+    served: Vec<Served>,
+    /// The id the next sandbox gets; ids are never reused, even after a sandbox is dropped.
+    next_id: u32,
+    accept_loops: JoinSet<()>,
+    connections: TaskTracker,
+    cancel: CancellationToken,
+}
+
+/// What [`Engine::add_sandbox`] set up, for logs and callers.
+#[derive(Clone, Copy, Debug)]
+pub struct SandboxInfo {
+    /// The sandbox's id.
+    pub id: SandboxId,
+    /// Its listener's port (127.0.0.1 and ::1 in its namespace).
+    pub listener_port: u16,
+}
+
+impl Engine {
+    /// Loads the programs, pinning state in `pins` when given.
+    pub fn new(pins: Option<PinDir>, options: EngineOptions) -> Result<Self, EngineError> {
+        // TLS state first: a bad CA or CA file fails before anything is loaded.
+        let provider = Arc::new(crypto_provider());
+        let tls = Arc::new(TlsContext::new(&options.tls, &gateway_home(), &provider)?);
+        let policy = Arc::new(RoutePolicy::from_config(&options.tls, &provider)?);
+        Ok(Engine {
+            programs: Programs::load(pins)?,
+            tls,
+            policy,
+            options,
+            served: Vec::new(),
+            next_id: 1,
+            accept_loops: JoinSet::new(),
+            connections: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        })
+    }
+
+    /// Starts redirecting `cgroup`'s connections to `ports` through a new listener. Must be
+    /// called inside the tokio runtime.
+    pub fn add_sandbox(
+        &mut self,
+        cgroup: &Cgroup,
+        netns: Option<&NetNs>,
+        ports: &Ports,
+    ) -> Result<SandboxInfo, EngineError> {
+        refuse_own_cgroup(cgroup.path())?;
+        let id = SandboxId(self.next_id);
+        self.next_id += 1;
+        let listen_err = |source| EngineError::Listen {
+            sandbox: id,
+            cgroup: cgroup.path().into(),
+            source,
+        };
+        let bound = listener::bind(netns).map_err(listen_err)?;
+        let listener_port = bound.port;
+        let listeners = bound.into_tokio().map_err(listen_err)?;
+        // Listeners accept before the programs redirect anything, so no connect is lost.
+        let ctx = Arc::new(SandboxContext {
+            id,
+            orig_dst: self.programs.orig_dst(),
+            timeouts: self.options.timeouts,
+            policy: Arc::clone(&self.policy),
+            tls: Arc::clone(&self.tls),
+            connections: self.connections.clone(),
+            cancel: self.cancel.clone(),
+        });
+        let handles: Vec<_> = listeners
+            .into_iter()
+            .map(|listener| {
+                self.accept_loops
+                    .spawn(listener::serve(listener, Arc::clone(&ctx)))
+            })
+            .collect();
+        match self
+            .programs
+            .attach(cgroup, id, listener_port, ports.as_slice())
+        {
+            Ok(attachment) => {
+                self.served.push(Served {
+                    id,
+                    cgroup_id: cgroup.id(),
+                    cgroup: cgroup.path().into(),
+                    accept_loops: handles,
+                    attachment,
+                });
+                Ok(SandboxInfo { id, listener_port })
+            }
+            Err(err) => {
+                handles.iter().for_each(tokio::task::AbortHandle::abort);
+                if let Err(forget) = self.programs.forget(cgroup.id()) {
+                    warn!(sandbox = %id, error = %forget, "failed to forget a sandbox that could not be attached");
+                }
+                Err(err.into())
+            }
+        }
+    }
+
+    /// Stops serving sandboxes whose cgroup was removed (the kernel has already detached their
+    /// programs), logging each; other sandboxes are untouched.
+    pub fn drop_removed_sandboxes(&mut self) {
+        let (gone, kept): (Vec<_>, Vec<_>) =
+            self.served.drain(..).partition(|s| !s.cgroup.exists());
+        self.served = kept;
+        for served in gone {
+            warn!(sandbox = %served.id, cgroup = %served.cgroup.display(), "sandbox cgroup was removed; no longer serving it");
+            self.stop_serving(served);
+        }
+    }
+
+    /// Stops accepting for a sandbox, detaches its programs and forgets its config. Its open
+    /// connections go on until they end (or shutdown closes them).
+    fn stop_serving(&mut self, served: Served) {
+        let Served {
+            id,
+            cgroup_id,
+            attachment,
+            accept_loops,
+            ..
+        } = served;
+        accept_loops
+            .iter()
+            .for_each(tokio::task::AbortHandle::abort);
+        drop(attachment);
+        if let Err(err) = self.programs.forget(cgroup_id) {
+            warn!(sandbox = %id, error = %err, "failed to forget sandbox");
+        }
+    }
+
+    /// Connections being handled right now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Whether the pin directory (if any) is still there.
+    pub fn pins_present(&self) -> bool {
+        self.programs.pin_dir().is_none_or(Path::exists)
+    }
+
+    /// Current counters (eBPF and daemon), as `name=value` pairs for a log line.
+    pub fn counters(&self) -> String {
+        match self.programs.counters() {
+            Ok(mut counters) => {
+                counters.insert("certs_generated", self.tls.certs.generated());
+                format_counters(&counters)
+            }
+            Err(err) => format!("unavailable: {err}"),
+        }
+    }
+
+    /// The gateway CA's certificate (PEM), for clients' trust.
+    pub fn ca_pem(&self) -> &str {
+        self.tls.ca.cert_pem()
+    }
+
+    /// Detaches every sandbox and stops accepting; lets open connections finish for up to
+    /// `drain` and then closes them (each logs its line); removes the pins. Returns the final
+    /// counters (see [`Engine::counters`]).
+    pub async fn shutdown(mut self, drain: Duration) -> String {
+        for served in std::mem::take(&mut self.served) {
+            self.stop_serving(served);
+        }
+        self.accept_loops.shutdown().await;
+        self.connections.close();
+        if tokio::time::timeout(drain, self.connections.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                open = self.connections.len(),
+                ?drain,
+                "closing connections still open after the drain time"
+            );
+            self.cancel.cancel();
+            self.connections.wait().await;
+        }
+        self.counters()
+    }
+}
+
+fn format_counters(counters: &BTreeMap<&'static str, u64>) -> String {
+    counters
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The gateway must not be in a cgroup it redirects.
+fn refuse_own_cgroup(sandbox: &Path) -> Result<(), EngineError> {
+    let own = crate::sandbox::cgroup::own_cgroup()?;
+    if own.starts_with(sandbox) {
+        return Err(EngineError::InsideSandbox {
+            cgroup: sandbox.into(),
+            own,
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! Process plumbing shared by `gateway run` and `gateway exec`: the root check, signals, the
+//! open-file limit, and giving memory back after a load.
+
+use tracing::{debug, warn};
+
+/// The gateway needs root for eBPF, cgroups and namespaces.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// Not running as root.
+    #[error(
+        "gateway must run as root (it loads eBPF programs, attaches them to cgroups and enters network namespaces)"
+    )]
+    NotRoot,
+    /// Waiting for signals failed.
+    #[error("installing signal handlers: {source}")]
+    Signals {
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Fails unless the effective user is root.
+pub fn require_root() -> Result<(), ProcessError> {
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(ProcessError::NotRoot)
+    }
+}
+
+/// A signal that stops the daemon (or that exec passes on to its command).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+    /// SIGTERM.
+    Terminate,
+}
+
+impl Signal {
+    /// The name in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Interrupt => "SIGINT",
+            Signal::Terminate => "SIGTERM",
+        }
+    }
+}
+
+impl From<Signal> for nix::sys::signal::Signal {
+    fn from(signal: Signal) -> Self {
+        match signal {
+            Signal::Interrupt => nix::sys::signal::Signal::SIGINT,
+            Signal::Terminate => nix::sys::signal::Signal::SIGTERM,
+        }
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// SIGINT and SIGTERM, as a stream of [`Signal`]s.
+#[derive(Debug)]
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Starts listening (must run inside the runtime).
+    pub fn new() -> Result<Self, ProcessError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind| signal(kind).map_err(|source| ProcessError::Signals { source });
+        Ok(Signals {
+            int: listen(SignalKind::interrupt())?,
+            term: listen(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next signal.
+    pub async fn recv(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.int.recv() => Signal::Interrupt,
+            _ = self.term.recv() => Signal::Terminate,
+        }
+    }
+}
+
+/// Raises the open-file soft limit to the hard limit (every relayed connection holds two
+/// descriptors) and returns the soft limit in force afterwards.
+pub fn raise_nofile_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                debug!(from = soft, to = hard, "raised the open-file limit");
+                hard
+            }
+            Err(err) => {
+                warn!(soft, hard, error = %err, "could not raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => {
+            debug!(limit = soft, "open-file limit");
+            soft
+        }
+        Err(err) => {
+            warn!(error = %err, "could not read the open-file limit");
+            0
+        }
+    }
+}
+
+/// Gives memory back to the system once a load has passed: the allocator keeps freed memory
+/// of thousands of closed connections otherwise, and the daemon's RSS would stay at its peak.
+#[derive(Debug, Default)]
+pub struct Trim {
+    peak_since_trim: usize,
+}
+
+impl Trim {
+    /// Connections at which a drop to at most a quarter of the peak triggers a trim.
+    const MIN_PEAK: usize = 256;
+
+    /// Called periodically with the number of open connections.
+    pub fn after_load(&mut self, open: usize) {
+        self.peak_since_trim = self.peak_since_trim.max(open);
+        if self.peak_since_trim >= Self::MIN_PEAK && open <= self.peak_since_trim / 4 {
+            release_free_memory();
+            debug!(
+                peak = self.peak_since_trim,
+                open, "returned free memory to the system"
+            );
+            self.peak_since_trim = open;
+        }
+    }
+}
+
+#[cfg(target_env = "gnu")]
+fn release_free_memory() {
+    // SAFETY: malloc_trim only walks the allocator's own free lists; no pointer is passed.
+    unsafe { libc::malloc_trim(0) };
+}
+
+#[cfg(not(target_env = "gnu"))]
+fn release_free_memory() {}
