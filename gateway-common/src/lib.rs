@@ -105,7 +105,7 @@ impl Counter {
         Counter::MapErrors,
     ];
 
-    /// The name operators see in logs and status output.
+    /// The name operators see in logs.
     pub const fn name(self) -> &'static str {
         match self {
             Counter::RedirectedV4 => "redirected_v4",

@@ -286,7 +286,8 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str, pins: Option<&PinDir>) -> Resul
     Ok(map)
 }
 
-/// `ORIG_DST`, shared by the listeners; the lock is held only for one syscall at a time.
+/// `ORIG_DST`, shared by the listeners; the lock is held for one lookup and its delete, never
+/// across an await.
 #[derive(Clone)]
 pub struct OrigDstTable(Arc<Mutex<HashMap<MapData, ClientKey, OrigDstEntry>>>);
 

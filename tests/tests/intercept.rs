@@ -434,7 +434,7 @@ fn raw_client(env: &Env, daemon_addr: &str, hex: &str, wait: f64) -> std::proces
 fn garbage_silence_and_truncated_hellos_close_only_their_own_connection() {
     let env = Env::new();
     let site = Site::start(&env.pki, "up-a.test", &["up-a.test"]).unwrap();
-    let mut daemon = env.daemon("hello_timeout_ms = 1500\n");
+    let mut daemon = env.daemon("hello_timeout = \"1500ms\"\n");
     let hello = include_bytes!("../../gateway-proto/testdata/client-hello/curl-h2-sni.bin");
     let truncated: String = hello[..60].iter().map(|b| format!("{b:02x}")).collect();
     let garbage: String = b"GET / HTTP/1.1\r\nHost: up-a.test\r\n\r\n"

@@ -202,7 +202,7 @@ fn a_thousand_hostile_connections_leave_the_daemon_and_other_sandboxes_unharmed(
         hostile.path().display().to_string(),
         calm.path().display().to_string(),
     ];
-    let config = format!("{}hello_timeout_ms = 3000\n", pki.trusted_config());
+    let config = format!("{}hello_timeout = \"3s\"\n", pki.trusted_config());
     let mut daemon = Daemon::start(&specs, &config).unwrap();
     let (rss_before, fds_before) = daemon.rss_kib_and_fds().unwrap();
 

@@ -125,7 +125,7 @@ fn soak() -> anyhow::Result<()> {
     let site = Site::start(&pki, "soak.test", &["soak.test", "by.soak.test"])?;
     let cgroup = SandboxCgroup::new()?;
     let config = format!(
-        "{}bypass = [\"by.soak.test\"]\nhello_timeout_ms = 2000\n",
+        "{}bypass = [\"by.soak.test\"]\nhello_timeout = \"2s\"\n",
         pki.trusted_config()
     );
     let daemon = Daemon::start_with(
