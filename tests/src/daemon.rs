@@ -136,13 +136,7 @@ impl DaemonBuilder {
         self
     }
 
-    /// An extra `gateway run` argument (e.g. `--idle-timeout`).
-    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
-        self.args.push(arg.into());
-        self
-    }
-
-    /// Extra `gateway run` arguments.
+    /// Extra `gateway run` arguments (e.g. `--idle-timeout 2s`).
     pub fn args<S: Into<OsString>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
         self.args.extend(args.into_iter().map(Into::into));
         self
@@ -216,9 +210,11 @@ impl DaemonBuilder {
     }
 }
 
-/// The log thread: reads the daemon's stderr until it closes.
+/// The log thread: reads the daemon's stderr until it closes. Lines are split on bytes, so a
+/// line that is not UTF-8 cannot stop the reading (and block the daemon on a full pipe).
 fn capture(stderr: ChildStderr, sink: LogSink, log: &Mutex<Log>) {
-    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+    for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+        let line = String::from_utf8_lossy(&line).into_owned();
         let value = serde_json::from_str(&line).unwrap_or(Value::Null);
         let mut log = lock(log);
         log.summary.add(&line, &value);
@@ -297,11 +293,6 @@ impl Daemon {
         self.poll(what, timeout, |d| {
             lock(&d.log).lines.iter().find(|v| pred(v)).cloned()
         })
-    }
-
-    /// Waits for a line with this message.
-    pub fn wait_for_message(&mut self, message: &str, timeout: Duration) -> anyhow::Result<Value> {
-        self.wait_for(message, timeout, |v| v["message"] == message)
     }
 
     /// Waits until `done` holds for the daemon, as [`Daemon::wait_for`] does for one line.
@@ -423,7 +414,7 @@ impl Daemon {
 }
 
 /// Sums the per-CPU counter at `index` of the `counters` map pinned in `pin_dir`, with bpftool.
-pub fn pinned_counter(pin_dir: &Path, index: u32) -> anyhow::Result<u64> {
+fn pinned_counter(pin_dir: &Path, index: u32) -> anyhow::Result<u64> {
     let out = crate::run(
         cmd("bpftool", ["-j", "map", "lookup", "pinned"])
             .arg(pin_dir.join("counters"))

@@ -67,7 +67,9 @@ impl Upstream {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next().and_then(Result::ok));
+            // The receiver is gone only if `start` stopped waiting for READY.
+            tx.send(lines.next().and_then(Result::ok)).ok();
+            // Keep draining, so the server never blocks on a full pipe.
             for _ in lines {}
         });
         let mut upstream = Upstream {

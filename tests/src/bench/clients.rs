@@ -60,7 +60,9 @@ pub fn handshake(
 }
 
 /// Closes cleanly: close_notify, then read (and drop) what the server still sends (e.g. session
-/// tickets) until it closes too, so the kernel does not answer unread data with a reset.
+/// tickets) until it closes too, so the kernel does not answer unread data with a reset. Best
+/// effort: the figures are taken already, and a peer that closed first makes these calls fail
+/// harmlessly.
 pub fn close(mut stream: StreamOwned<ClientConnection, TcpStream>) {
     stream.conn.send_close_notify();
     let _ = stream.flush();
