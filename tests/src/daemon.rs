@@ -1,87 +1,259 @@
-//! A `gateway run` daemon under test, with its JSON log captured; stopped by PID on drop.
+//! `gateway run` daemons for the integration tests, the bench and the soak: one builder, one
+//! thread capturing the JSON log (every line, or counts only), one ready wait, one stop.
 
 use std::{
+    collections::BTreeMap,
+    ffi::OsString,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Child, ExitStatus, Stdio},
-    sync::{Arc, Mutex},
+    process::{ChildStderr, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::{cmd, gateway_bin, unique};
+use crate::{
+    cmd, gateway_bin,
+    proc::{self, Usage},
+    process::{Ending, Guarded},
+    unique,
+};
 
-/// A running daemon with its own pin directory, `$GATEWAY_HOME` (so its own CA) and config.
+/// How long a daemon may take to log `gateway ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a daemon may take to exit after SIGTERM: its drain timeout (5 s by default) plus
+/// detaching and unpinning.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Warnings kept verbatim in [`LogSummary::first_warnings`].
+const FIRST_WARNINGS: usize = 3;
+
+/// What the log thread keeps of the daemon's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogSink {
+    /// Every line (tests look lines up) and the counts.
+    #[default]
+    Keep,
+    /// The counts only: memory stays flat however many connections a run logs (the bench).
+    CountOnly,
+}
+
+/// What the daemon logged, counted.
+#[derive(Debug, Default, Clone)]
+pub struct LogSummary {
+    /// Lines per message (`gateway ready`, `certificate generated`, `connection closed`...).
+    pub messages: BTreeMap<String, u64>,
+    /// Lines at WARN or ERROR, and lines that are not JSON (a panic, say).
+    pub warnings: u64,
+    /// The first few distinct ones: message, mode and error, as logged.
+    pub first_warnings: Vec<String>,
+}
+
+impl LogSummary {
+    /// Lines logged with this message.
+    pub fn count(&self, message: &str) -> u64 {
+        self.messages.get(message).copied().unwrap_or(0)
+    }
+
+    fn add(&mut self, line: &str, value: &Value) {
+        if let Some(message) = value["message"].as_str() {
+            *self.messages.entry(message.to_owned()).or_default() += 1;
+        }
+        if !matches!(value["level"].as_str(), Some("WARN" | "ERROR") | None) {
+            return;
+        }
+        self.warnings += 1;
+        let gist = match (value["message"].as_str(), value["error"].as_str()) {
+            (Some(message), Some(error)) => format!(
+                "{message} ({}): {error}",
+                value["mode"].as_str().unwrap_or("?")
+            ),
+            (Some(message), None) => message.to_owned(),
+            _ => line.to_owned(),
+        };
+        let gist: String = gist.chars().take(200).collect();
+        if self.first_warnings.len() < FIRST_WARNINGS && !self.first_warnings.contains(&gist) {
+            self.first_warnings.push(gist);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    /// Every line as JSON (non-JSON lines as strings); empty with [`LogSink::CountOnly`].
+    lines: Vec<Value>,
+    summary: LogSummary,
+}
+
+/// How to start a daemon: `Daemon::builder().sandbox(spec).config(toml).start()`.
+#[derive(Debug)]
+pub struct DaemonBuilder {
+    bin: Option<PathBuf>,
+    sandboxes: Vec<String>,
+    config: String,
+    args: Vec<OsString>,
+    rust_log: String,
+    sink: LogSink,
+}
+
+impl Default for DaemonBuilder {
+    fn default() -> Self {
+        DaemonBuilder {
+            bin: None,
+            sandboxes: Vec::new(),
+            config: String::new(),
+            args: Vec::new(),
+            rust_log: "info".to_owned(),
+            sink: LogSink::Keep,
+        }
+    }
+}
+
+impl DaemonBuilder {
+    /// A daemon of [`gateway_bin`] with no sandbox, an empty config, RUST_LOG=info, every log
+    /// line kept.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serves this `--sandbox` spec (`CGROUP[,netns=PATH][,port=N]...`); sandboxes are numbered
+    /// from 1 in the order added.
+    pub fn sandbox(mut self, spec: impl Into<String>) -> Self {
+        self.sandboxes.push(spec.into());
+        self
+    }
+
+    /// Serves each of these specs, as [`DaemonBuilder::sandbox`].
+    pub fn sandboxes<S: Into<String>>(mut self, specs: impl IntoIterator<Item = S>) -> Self {
+        self.sandboxes.extend(specs.into_iter().map(Into::into));
+        self
+    }
+
+    /// The configuration file's content (TOML).
+    pub fn config(mut self, toml: &str) -> Self {
+        toml.clone_into(&mut self.config);
+        self
+    }
+
+    /// Extra `gateway run` arguments (e.g. `--idle-timeout 2s`).
+    pub fn args<S: Into<OsString>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// The daemon's RUST_LOG filter; it must let `gateway ready` through.
+    pub fn rust_log(mut self, filter: &str) -> Self {
+        filter.clone_into(&mut self.rust_log);
+        self
+    }
+
+    /// What to keep of the log.
+    pub fn log_sink(mut self, sink: LogSink) -> Self {
+        self.sink = sink;
+        self
+    }
+
+    /// The gateway binary, instead of [`gateway_bin`].
+    pub fn bin(mut self, path: impl Into<PathBuf>) -> Self {
+        self.bin = Some(path.into());
+        self
+    }
+
+    /// Starts `gateway --log-format json --config FILE run --sandbox ... --pin-dir DIR ARGS`
+    /// with its own pin directory and `$GATEWAY_HOME` (so its own CA), and waits for
+    /// `gateway ready`.
+    pub fn start(self) -> anyhow::Result<Daemon> {
+        let bin = match self.bin {
+            Some(bin) => bin,
+            None => gateway_bin()?,
+        };
+        let home = tempfile::tempdir()?;
+        let config_file = home.path().join("gateway.toml");
+        std::fs::write(&config_file, &self.config)?;
+        let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("gwtest-"));
+        let mut command = Command::new(&bin);
+        command
+            .args(["--log-format", "json", "--config"])
+            .arg(&config_file)
+            .arg("run");
+        for spec in &self.sandboxes {
+            command.arg("--sandbox").arg(spec);
+        }
+        command
+            .arg("--pin-dir")
+            .arg(&pin_dir)
+            .args(&self.args)
+            .env("GATEWAY_HOME", home.path())
+            .env("RUST_LOG", &self.rust_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        let stderr = child.stderr.take().context("daemon stderr")?;
+        let log = Arc::new(Mutex::new(Log::default()));
+        let sink = Arc::clone(&log);
+        let sink_kind = self.sink;
+        std::thread::spawn(move || capture(stderr, sink_kind, &sink));
+        let mut daemon = Daemon {
+            process: Guarded::new("gateway daemon", child, STOP_GRACE),
+            pin_dir,
+            home,
+            log,
+        };
+        daemon.wait_until("gateway ready", READY_TIMEOUT, |d| {
+            d.summary().count("gateway ready") > 0
+        })?;
+        Ok(daemon)
+    }
+}
+
+/// The log thread: reads the daemon's stderr until it closes. Lines are split on bytes, so a
+/// line that is not UTF-8 cannot stop the reading (and block the daemon on a full pipe).
+fn capture(stderr: ChildStderr, sink: LogSink, log: &Mutex<Log>) {
+    for line in BufReader::new(stderr).split(b'\n').map_while(Result::ok) {
+        let line = String::from_utf8_lossy(&line).into_owned();
+        let value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        let mut log = lock(log);
+        log.summary.add(&line, &value);
+        if sink == LogSink::Keep {
+            log.lines.push(match value {
+                Value::Null => Value::String(line),
+                value => value,
+            });
+        }
+    }
+}
+
+fn lock(log: &Mutex<Log>) -> MutexGuard<'_, Log> {
+    log.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A running daemon; on drop it is stopped (SIGTERM, SIGKILL after 15 s) and its pins removed.
 #[derive(Debug)]
 pub struct Daemon {
-    child: Option<Child>,
+    process: Guarded,
     pin_dir: PathBuf,
-    home_dir: tempfile::TempDir,
-    logs: Arc<Mutex<Vec<Value>>>,
+    home: tempfile::TempDir,
+    log: Arc<Mutex<Log>>,
 }
 
 impl Daemon {
-    /// Starts `gateway run` with one `--sandbox` per spec and the TOML `config`, and waits for
-    /// "gateway ready".
-    pub fn start(sandboxes: &[String], config: &str) -> anyhow::Result<Self> {
-        Self::start_with(sandboxes, config, &[])
+    /// How to start one.
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder::new()
     }
 
-    /// As [`Daemon::start`], with extra `gateway run` arguments (e.g. timeouts).
-    pub fn start_with(sandboxes: &[String], config: &str, args: &[&str]) -> anyhow::Result<Self> {
-        let home_dir = tempfile::tempdir()?;
-        let config_file = home_dir.path().join("gateway.toml");
-        std::fs::write(&config_file, config)?;
-        let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("gwtest-"));
-        let mut command = cmd(
-            gateway_bin()?.to_str().context("path")?,
-            ["--log-format", "json", "run"],
-        );
-        for spec in sandboxes {
-            command.args(["--sandbox", spec]);
-        }
-        command
-            .args(args)
-            .arg("--pin-dir")
-            .arg(&pin_dir)
-            .arg("--config")
-            .arg(&config_file)
-            .env("GATEWAY_HOME", home_dir.path())
-            .env("RUST_LOG", "info");
-        let mut child = command
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting gateway run")?;
-        let stderr = child.stderr.take().context("daemon stderr")?;
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
-                sink.lock().unwrap_or_else(|e| e.into_inner()).push(value);
-            }
-        });
-        let mut daemon = Daemon {
-            child: Some(child),
-            pin_dir,
-            home_dir,
-            logs,
-        };
-        daemon.wait_for_message("gateway ready", Duration::from_secs(30))?;
-        Ok(daemon)
-    }
-
-    /// The daemon's CA certificate, what sandbox clients must trust.
+    /// The daemon's CA certificate, what intercepting clients must trust.
     pub fn ca_file(&self) -> PathBuf {
-        self.home_dir.path().join("tls/ca.crt")
+        self.home.path().join("tls/ca.crt")
     }
 
     /// The daemon's `$GATEWAY_HOME`.
     pub fn home(&self) -> &Path {
-        self.home_dir.path()
+        self.home.path()
     }
 
     /// The daemon's pin directory.
@@ -89,16 +261,24 @@ impl Daemon {
         &self.pin_dir
     }
 
-    /// Every log line so far (JSON objects; non-JSON lines as strings).
+    /// Every log line so far (JSON objects; non-JSON lines as strings); none with
+    /// [`LogSink::CountOnly`].
     pub fn logs(&self) -> Vec<Value> {
-        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.log).lines.clone()
+    }
+
+    /// The counts of what it logged so far.
+    pub fn summary(&self) -> LogSummary {
+        lock(&self.log).summary.clone()
     }
 
     /// Log lines whose message is `message`.
     pub fn messages(&self, message: &str) -> Vec<Value> {
-        self.logs()
-            .into_iter()
+        lock(&self.log)
+            .lines
+            .iter()
             .filter(|v| v["message"] == message)
+            .cloned()
             .collect()
     }
 
@@ -110,27 +290,9 @@ impl Daemon {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(found) = self.logs().into_iter().find(&pred) {
-                return Ok(found);
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                std::thread::sleep(Duration::from_millis(100));
-                bail!(
-                    "daemon exited ({status}) before {what}; log: {:#?}",
-                    self.logs()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("no {what} within {timeout:?}; log: {:#?}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.poll(what, timeout, |d| {
+            lock(&d.log).lines.iter().find(|v| pred(v)).cloned()
+        })
     }
 
     /// Waits until `done` holds for the daemon, as [`Daemon::wait_for`] does for one line.
@@ -140,19 +302,44 @@ impl Daemon {
         timeout: Duration,
         done: impl Fn(&Daemon) -> bool,
     ) -> anyhow::Result<()> {
+        self.poll(what, timeout, |d| done(d).then_some(()))
+    }
+
+    /// Polls `check` until it gives a value; fails when the daemon exits or `timeout` passes.
+    fn poll<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Daemon) -> Option<T>,
+    ) -> anyhow::Result<T> {
         let deadline = Instant::now() + timeout;
-        while !done(self) {
+        loop {
+            if let Some(found) = check(self) {
+                return Ok(found);
+            }
+            if let Some(status) = self.process.try_wait()? {
+                // Let the log thread read the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                bail!(
+                    "daemon exited ({status}) before {what}; {}",
+                    self.log_text()
+                );
+            }
             if Instant::now() > deadline {
-                bail!("not {what} within {timeout:?}; log: {:#?}", self.logs());
+                bail!("no {what} within {timeout:?}; {}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Ok(())
     }
 
-    /// Waits for a line with this message.
-    pub fn wait_for_message(&mut self, message: &str, timeout: Duration) -> anyhow::Result<Value> {
-        self.wait_for(message, timeout, |v| v["message"] == message)
+    /// The log for an error message: every line, or the counts when only counts are kept.
+    fn log_text(&self) -> String {
+        let log = lock(&self.log);
+        if log.lines.is_empty() {
+            format!("log counts: {:#?}", log.summary)
+        } else {
+            format!("log: {:#?}", log.lines)
+        }
     }
 
     /// The listener port of sandbox `n` (1-based, in --sandbox order).
@@ -174,21 +361,18 @@ impl Daemon {
 
     /// The daemon's process id.
     pub fn pid(&self) -> anyhow::Result<u32> {
-        Ok(self.child.as_ref().context("daemon stopped")?.id())
+        self.process.id().context("daemon stopped")
     }
 
-    /// Resident memory (VmRSS) in KiB and open descriptors, from /proc.
+    /// CPU time and memory now.
+    pub fn usage(&self) -> anyhow::Result<Usage> {
+        proc::usage(self.pid()?)
+    }
+
+    /// Resident memory (VmRSS) in KiB and open descriptors.
     pub fn rss_kib_and_fds(&self) -> anyhow::Result<(u64, usize)> {
         let pid = self.pid()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-            .context("no VmRSS")?;
-        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-        Ok((rss, fds))
+        Ok((proc::usage(pid)?.rss_kib, proc::open_fds(pid)?))
     }
 
     /// Entries in a pinned map (e.g. `orig_dst`, `pending`), read with bpftool.
@@ -205,22 +389,24 @@ impl Daemon {
 
     /// Lines logged at WARN or ERROR.
     pub fn problems(&self) -> Vec<Value> {
-        self.logs()
-            .into_iter()
+        lock(&self.log)
+            .lines
+            .iter()
             .filter(|v| v["level"] == "WARN" || v["level"] == "ERROR")
+            .cloned()
             .collect()
     }
 
-    /// Sends SIGTERM and waits (up to 10 s) for a clean exit.
+    /// Sends SIGTERM and waits (up to 15 s) for it to exit; fails if it had to be killed. Its
+    /// pins are left to the daemon (a clean stop removes them).
     pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
-        let mut child = self.child.take().context("daemon already stopped")?;
-        signal(&child, libc::SIGTERM);
-        wait_timeout(&mut child, Duration::from_secs(10))
+        let ending = self.process.terminate().context("daemon already stopped")?;
+        ending.status().with_context(|| format!("daemon {ending}"))
     }
 
     /// Kills the daemon with SIGKILL (no cleanup runs), as a crash would.
     pub fn crash(&mut self) -> anyhow::Result<()> {
-        let mut child = self.child.take().context("daemon already stopped")?;
+        let mut child = self.process.take().context("daemon already stopped")?;
         child.kill()?;
         child.wait()?;
         Ok(())
@@ -228,7 +414,7 @@ impl Daemon {
 }
 
 /// Sums the per-CPU counter at `index` of the `counters` map pinned in `pin_dir`, with bpftool.
-pub fn pinned_counter(pin_dir: &Path, index: u32) -> anyhow::Result<u64> {
+fn pinned_counter(pin_dir: &Path, index: u32) -> anyhow::Result<u64> {
     let out = crate::run(
         cmd("bpftool", ["-j", "map", "lookup", "pinned"])
             .arg(pin_dir.join("counters"))
@@ -241,26 +427,6 @@ pub fn pinned_counter(pin_dir: &Path, index: u32) -> anyhow::Result<u64> {
         .iter()
         .map(|v| parse_bpftool_u64(&v["value"]))
         .sum()
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: signalling a child we spawned and have not yet reaped.
-    unsafe { libc::kill(child.id() as i32, sig) };
-}
-
-fn wait_timeout(child: &mut Child, timeout: Duration) -> anyhow::Result<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("daemon did not exit within {timeout:?} of SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// bpftool prints values either as numbers or as arrays of hex byte strings.
@@ -279,11 +445,25 @@ fn parse_bpftool_u64(value: &Value) -> anyhow::Result<u64> {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(&child, libc::SIGTERM);
-            let _ = wait_timeout(&mut child, Duration::from_secs(5));
+        if let Some(ending) = self.process.terminate() {
+            report_unclean_stop(self.process.name(), &ending);
         }
-        // A crashed daemon leaves its pins (by design); tests clean them up.
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        // A crashed daemon leaves its pins (by design); the guard removes them.
+        match std::fs::remove_dir_all(&self.pin_dir) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => eprintln!(
+                "harness: removing the daemon's pins {}: {err}",
+                self.pin_dir.display()
+            ),
+        }
+    }
+}
+
+/// A daemon is expected to exit 0 on SIGTERM; anything else is worth a line on stderr.
+fn report_unclean_stop(name: &str, ending: &Ending) {
+    match ending {
+        Ending::Terminated(status) if status.success() => {}
+        other => eprintln!("harness: {name} {other}"),
     }
 }

@@ -1,22 +1,27 @@
-//! Harness for the privileged integration tests: guards for network namespaces, sandbox cgroups,
-//! upstream servers and gateway daemons that always clean up, plus helpers to run real clients
-//! inside a sandbox. Setup failures are errors (tests fail loudly), never skips.
+//! Harness for the privileged integration tests, the bench and the soak: guards for network
+//! namespaces, sandbox cgroups, upstream servers and gateway daemons that clean up on drop and
+//! report on stderr what they could not clean up, plus helpers to run real clients inside a
+//! sandbox. Setup failures are errors (tests fail loudly), never skips.
 
 pub mod bench;
 pub mod daemon;
 pub mod net;
 pub mod nginx;
 pub mod pki;
+pub mod proc;
+pub mod process;
 pub mod sandbox;
 pub mod upstream;
 
 use std::{
+    ffi::OsString,
     path::PathBuf,
     process::{Command, Output},
     sync::atomic::{AtomicU32, Ordering},
 };
 
 use anyhow::{Context as _, bail};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
 /// A name no other guard of this process uses: `<prefix><pid>x<n>` (short enough for interfaces).
 pub fn unique(prefix: &str) -> String {
@@ -55,10 +60,21 @@ pub fn py_script(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// Where the program `name` is installed: searched in $PATH, then in /usr/sbin and /sbin (which
+/// a non-login root shell may lack, and where nginx lives).
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect())
+        .unwrap_or_default();
+    dirs.extend([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]);
+    let search: OsString = std::env::join_paths(dirs).ok()?;
+    let cwd = std::env::current_dir().ok()?;
+    which::which_in(name, Some(search), cwd).ok()
+}
+
 /// Fails unless running as root: these tests need eBPF, cgroups and namespaces.
 pub fn require_root() -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         bail!("the integration tests must run as root (eBPF, cgroups, network namespaces)");
     }
     Ok(())
@@ -90,29 +106,17 @@ where
     command
 }
 
-/// The hard RLIMIT_NOFILE of this process (inherited by what it starts).
+/// The hard RLIMIT_NOFILE of this process (inherited by what it starts); 1024 if unreadable.
 pub fn hard_nofile() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return 1024;
-    }
-    limit.rlim_max
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(_, hard)| hard)
 }
 
-/// Raises this process's soft RLIMIT_NOFILE to its hard limit; returns the new soft limit.
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit; returns the new soft limit, or 0
+/// when it could not be raised.
 pub fn raise_nofile() -> u64 {
     let hard = hard_nofile();
-    let limit = libc::rlimit {
-        rlim_cur: hard,
-        rlim_max: hard,
-    };
-    // SAFETY: setrlimit reads the struct we pass.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return 0;
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => hard,
+        Err(_) => 0,
     }
-    hard
 }

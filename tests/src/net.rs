@@ -6,6 +6,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use nix::fcntl::{Flock, FlockArg};
 
 use crate::{cmd, run, unique};
 
@@ -49,7 +50,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = cmd("ip", ["netns", "del", &self.name]).output();
+        if let Err(err) = run(&mut cmd("ip", ["netns", "del", &self.name])) {
+            eprintln!("harness: deleting network namespace {}: {err:#}", self.name);
+        }
     }
 }
 
@@ -77,7 +80,7 @@ pub struct UpstreamHost {
 #[derive(Debug)]
 struct SubnetLease {
     n: u8,
-    _lock: std::fs::File,
+    _lock: Flock<std::fs::File>,
 }
 
 impl SubnetLease {
@@ -87,16 +90,12 @@ impl SubnetLease {
     fn take() -> anyhow::Result<Self> {
         std::fs::create_dir_all(Self::DIR)?;
         for n in 1..=250u8 {
-            let file = std::fs::File::create(format!("{}/subnet-{n}.lock", Self::DIR))?;
-            // SAFETY: flock on a descriptor we own; non-blocking.
-            if unsafe {
-                libc::flock(
-                    std::os::fd::AsRawFd::as_raw_fd(&file),
-                    libc::LOCK_EX | libc::LOCK_NB,
-                )
-            } == 0
-            {
-                return Ok(SubnetLease { n, _lock: file });
+            let path = format!("{}/subnet-{n}.lock", Self::DIR);
+            let file = std::fs::File::create(&path).with_context(|| format!("creating {path}"))?;
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(SubnetLease { n, _lock: lock }),
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {}
+                Err((_, errno)) => anyhow::bail!("locking {path}: {errno}"),
             }
         }
         anyhow::bail!("all 250 test subnets are in use (locks in {})", Self::DIR)
@@ -183,6 +182,8 @@ impl UpstreamHost {
 impl Drop for UpstreamHost {
     fn drop(&mut self) {
         // Deleting one end removes the pair; the namespace guard then deletes the namespace.
-        let _ = cmd("ip", ["link", "del", &self.veth]).output();
+        if let Err(err) = run(&mut cmd("ip", ["link", "del", &self.veth])) {
+            eprintln!("harness: deleting veth {}: {err:#}", self.veth);
+        }
     }
 }

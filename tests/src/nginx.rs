@@ -4,18 +4,19 @@
 use std::{
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 
-use crate::{net::NetNs, pki::CertFiles};
+use crate::{net::NetNs, pki::CertFiles, process::Guarded};
 
-/// A running nginx, stopped (by PID) on drop.
+/// A running nginx, stopped on drop (SIGTERM to the master stops its workers too).
+// Field order is drop order: nginx stops before its directory goes.
 #[derive(Debug)]
 pub struct Nginx {
-    child: Child,
+    process: Guarded,
     dir: tempfile::TempDir,
 }
 
@@ -84,7 +85,10 @@ http {{
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting nginx")?;
-        let mut nginx = Nginx { child, dir };
+        let mut nginx = Nginx {
+            process: Guarded::new("nginx", child, Duration::from_secs(5)),
+            dir,
+        };
         nginx.wait_listening(listen)?;
         Ok(nginx)
     }
@@ -102,7 +106,7 @@ http {{
     fn wait_listening(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(15);
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if let Some(status) = self.child.try_wait()? {
+            if let Some(status) = self.process.try_wait()? {
                 bail!("nginx exited ({status}): {}", error_log(self.dir.path()));
             }
             if Instant::now() > deadline {
@@ -119,21 +123,4 @@ http {{
 
 fn error_log(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // nginx forks a worker; SIGTERM to the master stops both.
-        // SAFETY: signalling our own child by PID.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -2,7 +2,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    process::{Child, Stdio},
+    process::Stdio,
     sync::mpsc,
     time::Duration,
 };
@@ -12,13 +12,14 @@ use anyhow::{Context as _, bail};
 use crate::{
     net::{NetNs, UpstreamHost},
     pki::{CertFiles, TestPki},
+    process::Guarded,
     py_script,
 };
 
-/// A running upstream server, killed (by PID) on drop.
+/// A running upstream server, stopped on drop.
 #[derive(Debug)]
 pub struct Upstream {
-    child: Child,
+    process: Guarded,
 }
 
 impl Upstream {
@@ -66,24 +67,21 @@ impl Upstream {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
-            let _ = tx.send(lines.next().and_then(Result::ok));
+            // The receiver is gone only if `start` stopped waiting for READY.
+            tx.send(lines.next().and_then(Result::ok)).ok();
+            // Keep draining, so the server never blocks on a full pipe.
             for _ in lines {}
         });
-        let mut upstream = Upstream { child };
+        let mut upstream = Upstream {
+            process: Guarded::new(format!("upstream {name}"), child, Duration::from_secs(5)),
+        };
         match rx.recv_timeout(Duration::from_secs(15)) {
             Ok(Some(line)) if line == "READY" => Ok(upstream),
             other => {
-                let status = upstream.child.try_wait().ok().flatten();
+                let status = upstream.process.try_wait().ok().flatten();
                 bail!("upstream {name} did not start (got {other:?}, exit status {status:?})")
             }
         }
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -15,6 +15,10 @@ use gateway::sandbox::cgroup::cgroup2_mount;
 use gateway_tests::{
     cmd, gateway_bin, pki::TestPki, require_root, sandbox::stdout_ok, upstream::Site,
 };
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
 use serde_json::Value;
 
 fn site(pki: &TestPki) -> Site {
@@ -215,8 +219,8 @@ fn exec_cleans_up_on_ctrl_c() {
         );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // SAFETY: signalling the child we spawned.
-    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    // The child is not reaped yet, so the PID is still its own.
+    kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
     let started = std::time::Instant::now();
     let status = child.wait().unwrap();
     assert!(

@@ -56,7 +56,12 @@ impl Rig {
         let cgroup = SandboxCgroup::new().unwrap();
         // 4443 is intercepted too, so the black hole is reached through the gateway.
         let spec = format!("{},port=443,port=4443", cgroup.path().display());
-        let daemon = Daemon::start_with(&[spec], &pki.trusted_config(), &TIMEOUT_ARGS).unwrap();
+        let daemon = Daemon::builder()
+            .sandbox(spec)
+            .config(&pki.trusted_config())
+            .args(TIMEOUT_ARGS)
+            .start()
+            .unwrap();
         Rig {
             _pki: pki,
             host,
@@ -210,7 +215,11 @@ fn a_removed_sandbox_cgroup_is_dropped_and_others_keep_being_served() {
         doomed.path().display().to_string(),
         kept.path().display().to_string(),
     ];
-    let mut daemon = Daemon::start(&specs, &pki.trusted_config()).unwrap();
+    let mut daemon = Daemon::builder()
+        .sandboxes(specs)
+        .config(&pki.trusted_config())
+        .start()
+        .unwrap();
 
     std::fs::remove_dir(doomed.path()).unwrap();
     let line = daemon

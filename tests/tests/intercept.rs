@@ -84,7 +84,11 @@ impl Env {
 
     fn daemon(&self, extra_config: &str) -> Daemon {
         let config = format!("{}{extra_config}", self.pki.trusted_config());
-        Daemon::start(&[self.cgroup.path().display().to_string()], &config).unwrap()
+        Daemon::builder()
+            .sandbox(self.cgroup.path().display().to_string())
+            .config(&config)
+            .start()
+            .unwrap()
     }
 
     fn run(&self, command: &mut Command) -> Output {

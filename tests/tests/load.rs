@@ -65,11 +65,11 @@ fn thousands_of_held_connections_are_released_without_leaks() {
     )
     .unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
-    let mut daemon = Daemon::start(
-        &[cgroup.path().display().to_string()],
-        &pki.trusted_config(),
-    )
-    .unwrap();
+    let mut daemon = Daemon::builder()
+        .sandbox(cgroup.path().display().to_string())
+        .config(&pki.trusted_config())
+        .start()
+        .unwrap();
 
     // Baseline after one connection, so the certificate and connector caches are warm.
     let mut warm = cmd("curl", ["-sS", "--fail", "--max-time", "20", "--cacert"]);
@@ -150,7 +150,11 @@ fn two_hundred_sandboxes_are_served_at_once() {
         .iter()
         .map(|c| c.path().display().to_string())
         .collect();
-    let mut daemon = Daemon::start(&specs, &pki.trusted_config()).unwrap();
+    let mut daemon = Daemon::builder()
+        .sandboxes(specs)
+        .config(&pki.trusted_config())
+        .start()
+        .unwrap();
 
     let curl = |ca: &std::path::Path| {
         let mut command: Command = cmd("curl", ["-sS", "--fail", "--max-time", "60", "--cacert"]);
@@ -203,7 +207,11 @@ fn a_thousand_hostile_connections_leave_the_daemon_and_other_sandboxes_unharmed(
         calm.path().display().to_string(),
     ];
     let config = format!("{}hello_timeout = \"3s\"\n", pki.trusted_config());
-    let mut daemon = Daemon::start(&specs, &config).unwrap();
+    let mut daemon = Daemon::builder()
+        .sandboxes(specs)
+        .config(&config)
+        .start()
+        .unwrap();
     let (rss_before, fds_before) = daemon.rss_kib_and_fds().unwrap();
 
     let hello =

@@ -41,7 +41,11 @@ fn one_site_one_sandbox() -> (TestPki, Site, SandboxCgroup, Daemon) {
     let pki = TestPki::new("gateway-tests upstream CA").unwrap();
     let site = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
-    let daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
+    let daemon = Daemon::builder()
+        .sandbox(sandbox_spec(&cgroup, None))
+        .config(&pki.trusted_config())
+        .start()
+        .unwrap();
     (pki, site, cgroup, daemon)
 }
 
@@ -124,7 +128,11 @@ fn parallel_connections_reach_their_own_destinations() {
     let a = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
     let b = Site::start(&pki, "up-b.test", &["up-b.test"]).unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
-    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], &pki.trusted_config()).unwrap();
+    let mut daemon = Daemon::builder()
+        .sandbox(sandbox_spec(&cgroup, None))
+        .config(&pki.trusted_config())
+        .start()
+        .unwrap();
 
     let mut client = cmd("python3", [py_script("client.py")]);
     client
@@ -217,11 +225,11 @@ fn sandbox_with_only_loopback_reaches_upstream_through_gateway() {
         "reached upstream without the gateway"
     );
 
-    let mut daemon = Daemon::start(
-        &[sandbox_spec(&cgroup, Some(&netns))],
-        &pki.trusted_config(),
-    )
-    .unwrap();
+    let mut daemon = Daemon::builder()
+        .sandbox(sandbox_spec(&cgroup, Some(&netns)))
+        .config(&pki.trusted_config())
+        .start()
+        .unwrap();
     for v6 in [false, true] {
         let body = json(
             &stdout_ok(
@@ -246,7 +254,10 @@ fn sandbox_with_only_loopback_reaches_upstream_through_gateway() {
 fn dialling_the_listener_directly_is_refused() {
     require_root().unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
-    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], "").unwrap();
+    let mut daemon = Daemon::builder()
+        .sandbox(sandbox_spec(&cgroup, None))
+        .start()
+        .unwrap();
     let port = daemon.listener_port(1).unwrap();
 
     let mut client = cmd("python3", [py_script("client.py")]);
@@ -309,7 +320,10 @@ fn attached_programs(cgroup: &SandboxCgroup) -> String {
 fn clean_stop_detaches_and_unpins() {
     require_root().unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
-    let mut daemon = Daemon::start(&[sandbox_spec(&cgroup, None)], "").unwrap();
+    let mut daemon = Daemon::builder()
+        .sandbox(sandbox_spec(&cgroup, None))
+        .start()
+        .unwrap();
     let tree = attached_programs(&cgroup);
     for program in ["gateway_connect4", "gateway_connect6", "gateway_sock_ops"] {
         assert!(tree.contains(program), "{program} not attached: {tree}");

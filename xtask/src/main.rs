@@ -1,5 +1,6 @@
 //! Project tasks. `cargo xtask demo` shows the gateway working; `cargo xtask test` runs every
-//! check CI runs. Both first install what they need (scripts/setup.sh, idempotent).
+//! check CI runs; `bench`, `soak` and `fuzz` run the longer measurements and checks. Each first
+//! installs what it needs (scripts/setup.sh, idempotent).
 //!
 //! This crate depends on nothing of the workspace so that it builds before bpf-linker exists.
 

@@ -1,11 +1,11 @@
 //! Small clients the bench runs as children inside a sandbox cgroup (`gateway-bench client ...`,
-//! the binary re-executing itself): timed TLS handshakes to many names, a tight connect loop,
-//! and many held-open idle TLS connections. Each prints one JSON object on stdout.
+//! the binary re-executing itself; arguments in [`super::cli::Client`]): timed TLS handshakes to
+//! many names, a tight connect loop, and many held-open idle TLS connections. Each prints one
+//! JSON object on stdout.
 
 use std::{
     io::{BufRead as _, Write as _},
     net::{SocketAddr, TcpStream},
-    os::fd::AsRawFd as _,
     path::Path,
     sync::Arc,
     time::{Duration, Instant},
@@ -18,6 +18,7 @@ use rustls::{
     pki_types::{CertificateDer, ServerName, pem::PemObject as _},
 };
 use serde_json::json;
+use socket2::SockRef;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -59,7 +60,9 @@ pub fn handshake(
 }
 
 /// Closes cleanly: close_notify, then read (and drop) what the server still sends (e.g. session
-/// tickets) until it closes too, so the kernel does not answer unread data with a reset.
+/// tickets) until it closes too, so the kernel does not answer unread data with a reset. Best
+/// effort: the figures are taken already, and a peer that closed first makes these calls fail
+/// harmlessly.
 pub fn close(mut stream: StreamOwned<ClientConnection, TcpStream>) {
     stream.conn.send_close_notify();
     let _ = stream.flush();
@@ -123,23 +126,10 @@ pub fn handshakes(
 pub fn connects(addr: SocketAddr, count: usize) -> anyhow::Result<()> {
     let one = || -> anyhow::Result<()> {
         let stream = TcpStream::connect(addr)?;
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: setsockopt on a socket we own, with a correctly sized linger struct.
-        let rc = unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&raw const linger).cast(),
-                size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            bail!("SO_LINGER: {}", std::io::Error::last_os_error());
-        }
+        // Linger 0: close sends RST.
+        SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .context("SO_LINGER")?;
         Ok(())
     };
     for _ in 0..count / 10 {

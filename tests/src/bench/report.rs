@@ -1,6 +1,12 @@
-//! The bench's markdown table: each figure, its runs, its ratio to direct, and its target.
+//! The bench's markdown report: how it was measured, then a table of each figure, its runs, its
+//! ratio to direct and its target, the cross-checks and the notes.
 
-use std::fmt::Write as _;
+use std::{process::Command, time::Duration};
+
+use super::{
+    mode::DOMAIN,
+    rig::{DAEMON_RUST_LOG, Rig},
+};
 
 /// A target a figure must meet.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -134,11 +140,103 @@ pub fn table(rows: &[Row]) -> String {
                 )
             },
         );
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {value} | {runs} | {ratio} | {target} | {met} | {cpu} | {rss} |",
+        out.push_str(&format!(
+            "| {} | {} | {} | {value} | {runs} | {ratio} | {target} | {met} | {cpu} | {rss} |\n",
             row.workload, row.mode, row.figure
-        );
+        ));
     }
     out
+}
+
+/// The first line a tool prints (stdout, else stderr) when run with `args`: its version.
+fn tool_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| {
+            let mut text = String::from_utf8_lossy(&o.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&o.stderr));
+            text.lines().next().unwrap_or_default().trim().to_owned()
+        })
+        .unwrap_or_else(|e| format!("({e})"))
+}
+
+/// The whole report: how it was measured, `rows`, the `cross` checks and the rig's notes.
+pub fn markdown(rig: &Rig, rows: &[Row], cross: &[Row], elapsed: Duration) -> String {
+    let opts = &rig.opts;
+    let mut md = String::new();
+    md.push_str("# gateway bench\n\n");
+    md.push_str(&format!(
+        "- when: {} ({:.0} s for the whole bench)\n",
+        tool_line("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]),
+        elapsed.as_secs_f64()
+    ));
+    md.push_str(&format!(
+        "- machine: {} CPUs (shared, so absolute figures are noisy: read the ratios, measured \
+         in this one run), kernel {}\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        tool_line("uname", &["-r"])
+    ));
+    md.push_str(&format!(
+        "- gateway: {} ({}), daemons logging with RUST_LOG={DAEMON_RUST_LOG}, one daemon started \
+         per measured run\n",
+        opts.gateway.display(),
+        tool_line(opts.gateway.to_str().unwrap_or("gateway"), &["--version"]),
+    ));
+    md.push_str(&format!(
+        "- tools: {}, {}, {}; upstream nginx (HTTP/1.1 + HTTP/2, worker_processes auto) in \
+         netns {} at {}:443, test CA, certificate for `{DOMAIN}` and `*.{DOMAIN}`\n",
+        tool_line("oha", &["--version"]),
+        tool_line("curl", &["--version"]),
+        tool_line("nginx", &["-v"]),
+        rig.host.ns.name(),
+        rig.host.v4
+    ));
+    md.push_str(&format!(
+        "- load: oha -c {} -z {}s inside a sandbox cgroup (direct: a cgroup with no \
+         programs), {} rounds, modes interleaved with the order rotated each round; the value \
+         is the best round (highest rate, lowest time: noise from other tenants of the \
+         machine only slows runs down), `runs` lists every round; ratios are best to best. oha verifies certificates \
+         (--cacert, never --insecure); the 64 MiB download is curl (3 per run, median).\n",
+        opts.concurrency, opts.duration, opts.rounds
+    ));
+    md.push_str(&format!(
+        "- daemon CPU s: user+system over the measured part of a run (mean of the runs); \
+         daemon peak RSS: max of VmRSS sampled every 50 ms during the run (max of the \
+         runs); VmHWM is not used because the daemon's start-up peak dominates it \
+         (VmHWM right after start: up to {:.1} MiB).\n\n",
+        rig.start_hwm_kib() as f64 / 1024.0
+    ));
+    md.push_str(&table(rows));
+    let missed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.missed())
+        .map(|r| format!("{} / {} / {}", r.workload, r.mode, r.figure))
+        .collect();
+    md.push_str(&format!(
+        "\nTargets missed: {}\n",
+        if missed.is_empty() {
+            "none".to_owned()
+        } else {
+            missed.join("; ")
+        }
+    ));
+    if !cross.is_empty() {
+        md.push_str(
+            "\n## Cross-checks (h2load, wrk: they never verify certificates; one run each)\n\n",
+        );
+        md.push_str(&table(cross));
+    }
+    if !rig.notes.is_empty() {
+        md.push_str("\n## Notes\n\n");
+        md.push_str(
+            "- Daemon warnings below are its per-connection error lines. oha aborts the \
+             requests in flight when its duration ends (resets, broken pipes, \
+             `client closed ... before a complete ClientHello`): a few per run are expected.\n",
+        );
+        for note in &rig.notes {
+            md.push_str(&format!("- {note}\n"));
+        }
+    }
+    md
 }

@@ -128,11 +128,11 @@ fn soak() -> anyhow::Result<()> {
         "{}bypass = [\"by.soak.test\"]\nhello_timeout = \"2s\"\n",
         pki.trusted_config()
     );
-    let daemon = Daemon::start_with(
-        &[cgroup.path().display().to_string()],
-        &config,
-        &["--connect-timeout", "1s", "--idle-timeout", "5s"],
-    )?;
+    let daemon = Daemon::builder()
+        .sandbox(cgroup.path().display().to_string())
+        .config(&config)
+        .args(["--connect-timeout", "1s", "--idle-timeout", "5s"])
+        .start()?;
     let rig = Rig {
         pki,
         site,
@@ -218,6 +218,9 @@ fn soak() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Connections the daemon logged the end of.
 fn logged(daemon: &Daemon) -> usize {
-    daemon.messages("connection closed").len() + daemon.messages("connection failed").len()
+    let log = daemon.summary();
+    usize::try_from(log.count("connection closed") + log.count("connection failed"))
+        .unwrap_or(usize::MAX)
 }

@@ -1,6 +1,7 @@
-//! Reading a process's CPU time and memory from /proc.
+//! Reading a process's CPU time, memory and open descriptors from /proc.
 
 use anyhow::Context as _;
+use nix::unistd::{SysconfVar, sysconf};
 
 /// CPU and memory of one process at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -32,9 +33,6 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
     };
     // fields[0] is field 3 (state), so field N is fields[N - 3].
     let cpu_ticks = ticks(14 - 3)? + ticks(15 - 3)?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let hz = if hz > 0 { hz as f64 } else { 100.0 };
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let kib = |key: &str| -> anyhow::Result<u64> {
@@ -45,8 +43,24 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
             .with_context(|| format!("no {key} in /proc/{pid}/status"))
     };
     Ok(Usage {
-        cpu_secs: cpu_ticks as f64 / hz,
+        cpu_secs: cpu_ticks as f64 / clock_ticks_per_second(),
         rss_kib: kib("VmRSS:")?,
         hwm_kib: kib("VmHWM:")?,
     })
+}
+
+/// The process's open descriptors (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> anyhow::Result<usize> {
+    let dir = format!("/proc/{pid}/fd");
+    Ok(std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {dir}"))?
+        .count())
+}
+
+/// The unit of the CPU times in /proc/<pid>/stat (100 when sysconf cannot say).
+fn clock_ticks_per_second() -> f64 {
+    match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(hz)) if hz > 0 => hz as f64,
+        _ => 100.0,
+    }
 }

@@ -1,0 +1,193 @@
+//! The measured workloads, one per file, each a function of the shared [`Rig`] giving rows of
+//! the report; and the interleaved oha series two of them share.
+
+mod cold_certs;
+mod connect_cost;
+mod cross_checks;
+mod download;
+mod idle_rss;
+mod keepalive;
+mod new_conn;
+
+use std::collections::BTreeMap;
+
+use anyhow::bail;
+
+use super::{
+    mode::{Mode, Route},
+    oha::{self, Load, Oha},
+    report::{Row, Target},
+    rig::{Rig, RunUse, daemon_use},
+    stats::{max, min},
+};
+
+/// The workloads, in the order they run; `--only` picks by these names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    /// A new TLS connection per 1 KiB request (oha).
+    New,
+    /// Keep-alive 1 KiB requests (oha).
+    Keepalive,
+    /// One 64 MiB download (curl).
+    Download,
+    /// First connections to many distinct names: the cost of forging certificates.
+    Cold,
+    /// connect() in a tight loop with and without the programs attached.
+    Connect,
+    /// Daemon memory per idle connection held.
+    Idle,
+    /// Cross-checks of the keep-alive ratios with h2load and wrk.
+    Cross,
+}
+
+impl Workload {
+    /// Every workload, in running order.
+    pub const ALL: [Workload; 7] = [
+        Workload::New,
+        Workload::Keepalive,
+        Workload::Download,
+        Workload::Cold,
+        Workload::Connect,
+        Workload::Idle,
+        Workload::Cross,
+    ];
+
+    /// Its `--only` name.
+    pub fn key(self) -> &'static str {
+        match self {
+            Workload::New => "new",
+            Workload::Keepalive => "keepalive",
+            Workload::Download => "download",
+            Workload::Cold => "cold",
+            Workload::Connect => "connect",
+            Workload::Idle => "idle",
+            Workload::Cross => "cross",
+        }
+    }
+
+    /// Runs it; its rows for the report.
+    pub fn run(self, rig: &mut Rig) -> anyhow::Result<Vec<Row>> {
+        match self {
+            Workload::New => new_conn::run(rig),
+            Workload::Keepalive => keepalive::run(rig),
+            Workload::Download => download::run(rig),
+            Workload::Cold => cold_certs::run(rig),
+            Workload::Connect => connect_cost::run(rig),
+            Workload::Idle => idle_rss::run(rig),
+            Workload::Cross => cross_checks::run(rig),
+        }
+    }
+}
+
+/// The row saying a workload has no figure for secrets-aware interception.
+fn secrets_row(workload: &str) -> Row {
+    Row {
+        workload: workload.into(),
+        mode: "intercept + secret for the host".into(),
+        figure: "–".into(),
+        text: Some("n/a (secrets not implemented)".into()),
+        ..Row::default()
+    }
+}
+
+/// A figure of an oha run: name, unit, how to read it.
+type Figure = (&'static str, &'static str, fn(&Oha) -> f64);
+
+/// What an oha series measures, and the targets of its req/s row.
+struct Series<'a> {
+    workload: &'a str,
+    modes: &'a [Mode],
+    new_connections: bool,
+    /// p50 and p99 rows besides req/s.
+    latency: bool,
+    intercept_target: Target,
+    bypass_target: Target,
+}
+
+/// oha for `--duration` in each mode, interleaved; rows for req/s (and p50/p99 if asked).
+fn oha_series(rig: &mut Rig, series: &Series<'_>) -> anyhow::Result<Vec<Row>> {
+    let workload = series.workload;
+    let mut runs: BTreeMap<String, Vec<(Oha, Option<RunUse>)>> = BTreeMap::new();
+    for (round, mode) in rig.schedule(series.modes) {
+        eprintln!(
+            "gateway-bench: {workload}: round {} {}",
+            round + 1,
+            mode.label()
+        );
+        let load = Load {
+            new_connections: series.new_connections,
+            requests: None,
+        };
+        let (result, usage) =
+            rig.in_mode(mode, |cgroup, ca, _| oha::run(rig, cgroup, ca, mode, load))?;
+        if result.ok == 0 {
+            bail!(
+                "{workload}, {}: no successful request: {:?}",
+                mode.label(),
+                result.errors
+            );
+        }
+        let real: Vec<_> = result
+            .errors
+            .iter()
+            .filter(|(k, _)| !k.contains("deadline"))
+            .collect();
+        if !real.is_empty() {
+            rig.notes.push(format!(
+                "{workload}, {} round {}: oha errors {real:?} ({} OK)",
+                mode.label(),
+                round + 1,
+                result.ok
+            ));
+        }
+        if let Some(u) = &usage
+            && u.redirected < result.ok.min(1)
+        {
+            bail!("{workload}, {}: nothing was redirected", mode.label());
+        }
+        rig.note_run(workload, mode, &usage);
+        runs.entry(mode.label()).or_default().push((result, usage));
+    }
+    let figures: &[Figure] = if series.latency {
+        &[
+            ("req/s", "req/s", |o| o.rps),
+            ("p50 latency", "ms", |o| o.p50_ms),
+            ("p99 latency", "ms", |o| o.p99_ms),
+        ]
+    } else {
+        &[("req/s", "req/s", |o| o.rps)]
+    };
+    let mut rows = Vec::new();
+    for mode in series.modes {
+        let mode_runs = &runs[&mode.label()];
+        let base_runs = &runs[&mode.baseline().label()];
+        for (i, (figure, unit, get)) in figures.iter().enumerate() {
+            let values: Vec<f64> = mode_runs.iter().map(|(o, _)| get(o)).collect();
+            // req/s: the highest run; latencies: the lowest.
+            let best = if i == 0 { max } else { min };
+            let base = best(&base_runs.iter().map(|(o, _)| get(o)).collect::<Vec<_>>());
+            let value = best(&values);
+            let gw = mode.through_gateway();
+            rows.push(Row {
+                workload: workload.into(),
+                mode: mode.label(),
+                figure: (*figure).into(),
+                unit: (*unit).into(),
+                runs: values,
+                value: Some(value),
+                ratio: gw.then_some(value / base),
+                baseline: !gw,
+                target: match (i, mode.route) {
+                    (0, Route::Intercept) => Some(series.intercept_target),
+                    (0, Route::Bypass) => Some(series.bypass_target),
+                    _ => None,
+                },
+                daemon: (i == 0)
+                    .then(|| daemon_use(mode_runs.iter().map(|(_, u)| u)))
+                    .flatten(),
+                ..Row::default()
+            });
+        }
+    }
+    Ok(rows)
+}
