@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use nix::sys::resource::{Resource, getrlimit, setrlimit};
+use nix::sys::resource::{Resource, getrlimit};
 
 /// A name no other guard of this process uses: `<prefix><pid>x<n>` (short enough for interfaces).
 pub fn unique(prefix: &str) -> String {
@@ -111,12 +111,4 @@ pub fn hard_nofile() -> u64 {
     getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(_, hard)| hard)
 }
 
-/// Raises this process's soft RLIMIT_NOFILE to its hard limit; returns the new soft limit, or 0
-/// when it could not be raised.
-pub fn raise_nofile() -> u64 {
-    let hard = hard_nofile();
-    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-        Ok(()) => hard,
-        Err(_) => 0,
-    }
-}
+

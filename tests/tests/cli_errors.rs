@@ -124,3 +124,40 @@ fn unusable_ca_files_are_named_at_start() {
         );
     }
 }
+
+/// `gateway config default | gateway config check /dev/stdin`: the printed defaults are a
+/// valid file, and a broken one is refused with its key and line, exit 1.
+#[test]
+fn config_default_checks_and_a_broken_file_is_named() {
+    use std::{io::Write as _, process::Stdio};
+
+    let default = cmd(gateway_bin().unwrap().to_str().unwrap(), ["config", "default"])
+        .output()
+        .unwrap();
+    assert!(default.status.success());
+    let check = |text: &[u8]| {
+        let mut child = cmd(
+            gateway_bin().unwrap().to_str().unwrap(),
+            ["config", "check", "/dev/stdin"],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        child.stdin.take().unwrap().write_all(text).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let valid = check(&default.stdout);
+    assert!(
+        valid.status.success(),
+        "{}",
+        String::from_utf8_lossy(&valid.stderr)
+    );
+    let broken = check(b"[tls]\nvalidity_hours = 0\n");
+    assert_eq!(broken.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&broken.stderr).trim(),
+        "gateway: /dev/stdin: tls.validity_hours: must be at least 1 (got 0) (line 2, column 18)"
+    );
+}

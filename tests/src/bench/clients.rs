@@ -154,7 +154,7 @@ pub fn hold(
     count: usize,
     threads: usize,
 ) -> anyhow::Result<()> {
-    let nofile = crate::raise_nofile();
+    let nofile = gateway::process::raise_nofile_limit();
     if nofile < count as u64 + 64 {
         bail!("RLIMIT_NOFILE is {nofile}, too low to hold {count} connections");
     }

@@ -43,7 +43,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         bail!("{missing} not found: run scripts/setup.sh and scripts/setup-bench.sh");
     }
     let started = Instant::now();
-    let nofile = crate::raise_nofile();
+    let nofile = gateway::process::raise_nofile_limit();
     let mut rig = Rig::new(opts)?;
     rig.notes.push(format!(
         "RLIMIT_NOFILE of the bench and what it starts (daemons, nginx, clients): {nofile}"
