@@ -110,5 +110,3 @@ where
 pub fn hard_nofile() -> u64 {
     getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(_, hard)| hard)
 }
-
-

@@ -131,9 +131,12 @@ fn unusable_ca_files_are_named_at_start() {
 fn config_default_checks_and_a_broken_file_is_named() {
     use std::{io::Write as _, process::Stdio};
 
-    let default = cmd(gateway_bin().unwrap().to_str().unwrap(), ["config", "default"])
-        .output()
-        .unwrap();
+    let default = cmd(
+        gateway_bin().unwrap().to_str().unwrap(),
+        ["config", "default"],
+    )
+    .output()
+    .unwrap();
     assert!(default.status.success());
     let check = |text: &[u8]| {
         let mut child = cmd(
