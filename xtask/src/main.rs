@@ -155,8 +155,11 @@ fn test(root: &Path) -> anyhow::Result<()> {
         root,
         &[
             "test",
+            "--no-fail-fast",
             "-p",
             "gateway-common",
+            "-p",
+            "gateway-proto",
             "-p",
             "gateway",
             "-p",
@@ -168,7 +171,7 @@ fn test(root: &Path) -> anyhow::Result<()> {
         "build the gateway",
         cargo(root, &["build", "-p", "gateway"]),
     )?;
-    let mut integration = cargo(root, &["test", "-p", "gateway-tests"]);
+    let mut integration = cargo(root, &["test", "--no-fail-fast", "-p", "gateway-tests"]);
     integration.env("GATEWAY_BIN", gateway_bin(root));
     tally.add(test_step("integration tests (privileged)", integration)?);
     // One closing line for the whole run, whatever order cargo printed its harnesses in.
