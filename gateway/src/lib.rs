@@ -9,6 +9,7 @@ pub mod conn;
 pub mod ebpf;
 pub mod engine;
 pub mod exec;
+pub mod http;
 pub mod logging;
 pub mod net;
 pub mod policy;
