@@ -8,8 +8,8 @@
 //! `bpf_sock_ops` present them). Ports are in host byte order.
 #![no_std]
 
-/// Most ports one sandbox can have intercepted.
-pub const MAX_PORTS: usize = 8;
+/// Most ports in one port list of a sandbox (intercepted TLS, HTTP, allowed TCP, allowed UDP).
+pub const MAX_PORTS: usize = 16;
 
 /// Pinned map names under the gateway's bpffs directory, as operators see them.
 pub mod map_names {
@@ -21,35 +21,208 @@ pub mod map_names {
     pub const ORIG_DST: &str = "ORIG_DST";
     /// Per-CPU event counters, indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// What a sandbox may do with a destination port, by sandbox, port and protocol.
+    pub const PORT_RULES: &str = "PORT_RULES";
+    /// Destination address rules (LPM trie over sandbox id + address), longest prefix wins.
+    pub const ADDR_RULES: &str = "ADDR_RULES";
+    /// DNS resolvers a sandbox may query on port 53, by sandbox and address.
+    pub const RESOLVERS: &str = "RESOLVERS";
+    /// Refusals per sandbox, by reason (per CPU).
+    pub const REFUSALS: &str = "REFUSALS";
+    /// One event per refusal, read by the daemon for its log lines.
+    pub const REFUSAL_EVENTS: &str = "REFUSAL_EVENTS";
 }
 
 /// Configuration of one sandbox, the value of `SANDBOXES` keyed by the sandbox's cgroup id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SandboxConf {
-    /// The daemon's identifier for this sandbox; part of every `ORIG_DST` key.
+    /// The daemon's identifier for this sandbox; part of every per-sandbox key.
     pub sandbox_id: u32,
     /// Port of the sandbox's listener on 127.0.0.1 and ::1 (host byte order).
     pub listener_port: u16,
-    /// How many entries of `ports` are used.
-    pub nports: u16,
-    /// Intercepted TCP destination ports (host byte order); only the first `nports` count.
-    pub ports: [u16; MAX_PORTS],
+    /// [`SandboxConf::BLOCK_QUIC`] and future bits.
+    pub flags: u16,
 }
 
 impl SandboxConf {
-    /// Whether TCP connections to `port` are redirected for this sandbox.
+    /// UDP to port 443 is refused (so HTTP/3 clients fall back to TCP and are intercepted).
+    pub const BLOCK_QUIC: u16 = 1;
+
+    /// Whether [`SandboxConf::BLOCK_QUIC`] is set.
     #[inline(always)]
-    pub fn intercepts(&self, port: u16) -> bool {
-        let mut i = 0;
-        while i < MAX_PORTS {
-            if i < self.nports as usize && self.ports[i] == port {
-                return true;
-            }
-            i += 1;
-        }
-        false
+    pub const fn blocks_quic(&self) -> bool {
+        self.flags & Self::BLOCK_QUIC != 0
     }
+}
+
+/// IP protocol numbers the programs judge.
+pub mod protocol {
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+}
+
+/// Key of `PORT_RULES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    /// The sandbox.
+    pub sandbox_id: u32,
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// [`protocol::TCP`] or [`protocol::UDP`].
+    pub protocol: u8,
+    /// Always zero.
+    pub _pad: u8,
+}
+
+/// Value of `PORT_RULES`: what happens to a connect or send to the port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRule {
+    /// [`PortRule::REDIRECT`] or [`PortRule::ALLOW`].
+    pub action: u32,
+}
+
+impl PortRule {
+    /// Rewritten to the sandbox's listener (intercepted TLS and HTTP ports; TCP only).
+    pub const REDIRECT: u32 = 1;
+    /// Left alone: the connection goes direct (an allowed port).
+    pub const ALLOW: u32 = 2;
+}
+
+/// Data of an `ADDR_RULES` key and key of `RESOLVERS`: sandbox id, then the address. In the
+/// trie the prefix length counts the 32 sandbox bits too (see [`addr_prefix_len`]), so a rule
+/// never matches another sandbox's addresses.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    /// The sandbox.
+    pub sandbox_id: u32,
+    /// Address, IPv6 form, network-order bytes.
+    pub addr: [u32; 4],
+}
+
+/// Bits of an [`AddrKey`]: what a lookup matches against.
+pub const ADDR_KEY_BITS: u32 = 32 + 128;
+
+/// The trie prefix length of a rule for `ip_prefix` bits of an (IPv6-form) address.
+#[inline(always)]
+pub const fn addr_prefix_len(ip_prefix: u32) -> u32 {
+    32 + ip_prefix
+}
+
+/// Value of `ADDR_RULES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrRule {
+    /// [`AddrRule::ALLOW`] or [`AddrRule::DENY`].
+    pub action: u32,
+    /// Which of the sandbox's rules this is, for the refusal's log line.
+    pub rule_id: u32,
+}
+
+impl AddrRule {
+    /// The address may be reached (port rules still apply).
+    pub const ALLOW: u32 = 1;
+    /// The address may not be reached.
+    pub const DENY: u32 = 2;
+}
+
+/// Why a connect, send or socket was refused; indexes [`Refusals`] and tags [`RefusalEvent`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The destination address is denied.
+    Address = 1,
+    /// A TCP port neither intercepted nor allowed.
+    TcpPort = 2,
+    /// A UDP port not allowed (DNS to the allowed resolvers excepted).
+    UdpPort = 3,
+    /// UDP to port 443 while QUIC is blocked.
+    Quic = 4,
+    /// A raw, ICMP or otherwise not TCP/UDP socket.
+    Socket = 5,
+}
+
+impl Reason {
+    /// The reason's name in logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Address => "address",
+            Reason::TcpPort => "tcp_port",
+            Reason::UdpPort => "udp_port",
+            Reason::Quic => "quic",
+            Reason::Socket => "socket",
+        }
+    }
+
+    /// The reason of an event's `reason` byte.
+    pub const fn from_u8(value: u8) -> Option<Reason> {
+        Some(match value {
+            1 => Reason::Address,
+            2 => Reason::TcpPort,
+            3 => Reason::UdpPort,
+            4 => Reason::Quic,
+            5 => Reason::Socket,
+            _ => return None,
+        })
+    }
+}
+
+/// Value of `REFUSALS`: a sandbox's refusals by reason (per CPU; sum them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// See [`Reason::Address`].
+    pub address: u64,
+    /// See [`Reason::TcpPort`].
+    pub tcp_port: u64,
+    /// See [`Reason::UdpPort`].
+    pub udp_port: u64,
+    /// See [`Reason::Quic`].
+    pub quic: u64,
+    /// See [`Reason::Socket`].
+    pub socket: u64,
+}
+
+impl Refusals {
+    /// Adds one refusal for `reason`.
+    #[inline(always)]
+    pub fn bump(&mut self, reason: Reason) {
+        let slot = match reason {
+            Reason::Address => &mut self.address,
+            Reason::TcpPort => &mut self.tcp_port,
+            Reason::UdpPort => &mut self.udp_port,
+            Reason::Quic => &mut self.quic,
+            Reason::Socket => &mut self.socket,
+        };
+        *slot += 1;
+    }
+}
+
+/// One refusal, as the daemon reads it from `REFUSAL_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefusalEvent {
+    /// The sandbox.
+    pub sandbox_id: u32,
+    /// The address rule that denied it ([`Reason::Address`]), else 0.
+    pub rule_id: u32,
+    /// Destination address, IPv6 form, network-order bytes (zero for sockets).
+    pub addr: [u32; 4],
+    /// Destination port, host byte order (zero for sockets).
+    pub port: u16,
+    /// IP protocol of the socket.
+    pub protocol: u16,
+    /// A [`Reason`].
+    pub reason: u8,
+    /// Always zero.
+    pub _pad: u8,
+    /// Socket type (SOCK_STREAM 1, SOCK_DGRAM 2, SOCK_RAW 3, ...).
+    pub sock_type: u16,
 }
 
 /// Where a sandbox connection was going, the value of `PENDING` and `ORIG_DST`.
@@ -92,17 +265,20 @@ pub enum Counter {
     Established = 2,
     /// Map updates that failed (the connection then cannot be relayed and is refused).
     MapErrors = 3,
+    /// Connects, sends and sockets refused by policy (by reason and sandbox in `REFUSALS`).
+    Refused = 4,
 }
 
 impl Counter {
     /// Number of counters, the size of the `COUNTERS` array.
-    pub const LEN: u32 = 4;
+    pub const LEN: u32 = 5;
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::LEN as usize] = [
         Counter::RedirectedV4,
         Counter::RedirectedV6,
         Counter::Established,
         Counter::MapErrors,
+        Counter::Refused,
     ];
 
     /// The name operators see in logs.
@@ -112,6 +288,7 @@ impl Counter {
             Counter::RedirectedV6 => "redirected_v6",
             Counter::Established => "established",
             Counter::MapErrors => "map_errors",
+            Counter::Refused => "refused",
         }
     }
 }
@@ -140,6 +317,18 @@ mod user {
     unsafe impl aya::Pod for super::OrigDstEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::ClientKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PortRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AddrKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::AddrRule {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Refusals {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RefusalEvent {}
 }
 
 #[cfg(test)]
@@ -148,26 +337,51 @@ mod tests {
 
     #[test]
     fn layouts_have_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<SandboxConf>(), 8 + 2 * MAX_PORTS);
-        assert_eq!(core::mem::size_of::<OrigDstEntry>(), 24);
-        assert_eq!(core::mem::size_of::<ClientKey>(), 24);
+        use core::mem::size_of;
+        assert_eq!(size_of::<SandboxConf>(), 8);
+        assert_eq!(size_of::<OrigDstEntry>(), 24);
+        assert_eq!(size_of::<ClientKey>(), 24);
+        assert_eq!(size_of::<PortKey>(), 8);
+        assert_eq!(size_of::<PortRule>(), 4);
+        assert_eq!(size_of::<AddrKey>(), 20);
+        assert_eq!(size_of::<AddrRule>(), 8);
+        assert_eq!(size_of::<Refusals>(), 40);
+        assert_eq!(size_of::<RefusalEvent>(), 32);
     }
 
     #[test]
-    fn intercepts_only_configured_ports() {
+    fn quic_flag() {
         let mut conf = SandboxConf {
             sandbox_id: 1,
             listener_port: 1000,
-            nports: 2,
-            ports: [0; MAX_PORTS],
+            flags: 0,
         };
-        conf.ports[0] = 443;
-        conf.ports[1] = 8443;
-        conf.ports[2] = 80; // beyond nports: ignored
-        assert!(conf.intercepts(443));
-        assert!(conf.intercepts(8443));
-        assert!(!conf.intercepts(80));
-        assert!(!conf.intercepts(0));
+        assert!(!conf.blocks_quic());
+        conf.flags |= SandboxConf::BLOCK_QUIC;
+        assert!(conf.blocks_quic());
+    }
+
+    #[test]
+    fn reasons_round_trip_and_count() {
+        let mut refusals = Refusals::default();
+        for reason in [
+            Reason::Address,
+            Reason::TcpPort,
+            Reason::UdpPort,
+            Reason::Quic,
+            Reason::Socket,
+        ] {
+            assert_eq!(Reason::from_u8(reason as u8), Some(reason));
+            refusals.bump(reason);
+        }
+        assert_eq!(Reason::from_u8(0), None);
+        assert_eq!(refusals.address + refusals.socket + refusals.quic, 3);
+    }
+
+    #[test]
+    fn prefix_lengths_cover_the_sandbox_bits() {
+        assert_eq!(addr_prefix_len(128), ADDR_KEY_BITS);
+        assert_eq!(addr_prefix_len(96 + 8), 136);
     }
 
     #[test]

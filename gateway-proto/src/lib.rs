@@ -2,13 +2,16 @@
 //! names and patterns (one normalizer), the TLS ClientHello, the config model, ports, durations
 //! and sandbox specs. No build script, no eBPF, no async runtime.
 
+pub mod cidr;
 pub mod config;
 pub mod duration;
 pub mod hello;
+pub mod http_sniff;
 pub mod invariants;
 pub mod name;
 pub mod pattern;
 pub mod ports;
+pub mod resolv_conf;
 pub mod sandbox_spec;
 
 pub use name::HostName;

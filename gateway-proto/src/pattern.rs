@@ -110,6 +110,12 @@ impl PatternSet {
     pub fn matches(&self, name: &HostName) -> bool {
         self.0.iter().any(|pattern| pattern.matches(name))
     }
+
+    /// Whether there are no patterns.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 #[cfg(test)]

@@ -1,54 +1,55 @@
-//! The TCP ports a sandbox has intercepted, as given on the command line or in the config.
+//! Port lists of a sandbox (intercepted TLS and HTTP ports, ports allowed direct), as given on
+//! the command line or in the config.
 
 use std::fmt;
 
 use gateway_common::MAX_PORTS;
+use serde::Deserialize;
 
-/// Intercepted ports when none are named.
-pub const DEFAULT_PORTS: [u16; 1] = [443];
-
-/// One to [`MAX_PORTS`] distinct ports, each in 1..=65535, in the order given.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ports(Vec<u16>);
+/// Up to [`MAX_PORTS`] distinct ports, each in 1..=65535, in the order given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "Vec<i64>")]
+pub struct PortList(Vec<u16>);
 
 /// Why a list of ports was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortsError {
-    /// Port 0 cannot be dialled.
-    #[error("port 0 is not a destination port (use 1 to 65535)")]
-    Zero,
-    /// More than the eBPF map value holds.
-    #[error("at most {MAX_PORTS} ports can be intercepted (got {count})")]
+    /// Not a destination port.
+    #[error("port {port} is not a destination port (use 1 to 65535)")]
+    OutOfRange {
+        /// What was given.
+        port: i64,
+    },
+    /// More than one sandbox holds per list.
+    #[error("at most {MAX_PORTS} ports per list (got {count})")]
     TooMany {
         /// How many distinct ports were given.
         count: usize,
     },
 }
 
-impl Ports {
-    /// The given ports with duplicates dropped; [`DEFAULT_PORTS`] when there are none.
+impl PortList {
+    /// The given ports with duplicates dropped.
     ///
     /// # Errors
-    /// [`PortsError`] for port 0 or more than [`MAX_PORTS`] distinct ports.
-    pub fn new(ports: impl IntoIterator<Item = u16>) -> Result<Ports, PortsError> {
+    /// [`PortsError`] for a port outside 1..=65535 or more than [`MAX_PORTS`] distinct ports.
+    pub fn new(ports: impl IntoIterator<Item = i64>) -> Result<PortList, PortsError> {
         let mut distinct = Vec::new();
         for port in ports {
-            if port == 0 {
-                return Err(PortsError::Zero);
+            let valid = u16::try_from(port)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or(PortsError::OutOfRange { port })?;
+            if !distinct.contains(&valid) {
+                distinct.push(valid);
             }
-            if !distinct.contains(&port) {
-                distinct.push(port);
-            }
-        }
-        if distinct.is_empty() {
-            distinct.extend(DEFAULT_PORTS);
         }
         if distinct.len() > MAX_PORTS {
             return Err(PortsError::TooMany {
                 count: distinct.len(),
             });
         }
-        Ok(Ports(distinct))
+        Ok(PortList(distinct))
     }
 
     /// The ports, in the order given.
@@ -56,15 +57,37 @@ impl Ports {
     pub fn as_slice(&self) -> &[u16] {
         &self.0
     }
-}
 
-impl Default for Ports {
-    fn default() -> Self {
-        Ports(DEFAULT_PORTS.to_vec())
+    /// Whether `port` is in the list.
+    #[must_use]
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.contains(&port)
+    }
+
+    /// Whether the list is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// This list followed by the ports of `other` it lacks.
+    ///
+    /// # Errors
+    /// [`PortsError::TooMany`] when the union is too long.
+    pub fn union(&self, other: &PortList) -> Result<PortList, PortsError> {
+        PortList::new(self.0.iter().chain(&other.0).map(|p| i64::from(*p)))
     }
 }
 
-impl fmt::Display for Ports {
+impl TryFrom<Vec<i64>> for PortList {
+    type Error = PortsError;
+
+    fn try_from(ports: Vec<i64>) -> Result<Self, PortsError> {
+        PortList::new(ports)
+    }
+}
+
+impl fmt::Display for PortList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let texts: Vec<String> = self.0.iter().map(u16::to_string).collect();
         f.write_str(&texts.join(","))
@@ -76,29 +99,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn none_means_the_default() {
-        assert_eq!(Ports::new([]).unwrap().as_slice(), &[443]);
-        assert_eq!(Ports::new([]).unwrap(), Ports::default());
-    }
-
-    #[test]
     fn duplicates_are_dropped_in_order() {
-        let ports = Ports::new([8443, 443, 8443]).unwrap();
+        let ports = PortList::new([8443, 443, 8443]).unwrap();
         assert_eq!(ports.as_slice(), &[8443, 443]);
         assert_eq!(ports.to_string(), "8443,443");
+        assert!(PortList::new([]).unwrap().is_empty());
     }
 
     #[test]
-    fn zero_and_too_many_are_refused() {
-        assert_eq!(Ports::new([443, 0]), Err(PortsError::Zero));
-        let nine = 1..=u16::try_from(MAX_PORTS + 1).unwrap();
+    fn out_of_range_and_too_many_are_refused() {
+        for port in [0, -1, 65536] {
+            assert_eq!(
+                PortList::new([443, port]),
+                Err(PortsError::OutOfRange { port })
+            );
+        }
+        let too_many = 1..=i64::try_from(MAX_PORTS + 1).unwrap();
         assert_eq!(
-            Ports::new(nine),
+            PortList::new(too_many),
             Err(PortsError::TooMany {
                 count: MAX_PORTS + 1
             })
         );
-        let eight_with_repeats = (1..=8).chain(1..=8);
-        assert_eq!(Ports::new(eight_with_repeats).unwrap().as_slice().len(), 8);
+        let repeats = (1..=8).chain(1..=8);
+        assert_eq!(PortList::new(repeats).unwrap().as_slice().len(), 8);
+    }
+
+    #[test]
+    fn union_keeps_order_and_limits() {
+        let a = PortList::new([80, 443]).unwrap();
+        let b = PortList::new([443, 8080]).unwrap();
+        assert_eq!(a.union(&b).unwrap().as_slice(), &[80, 443, 8080]);
     }
 }

@@ -3,7 +3,14 @@
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gateway_proto::{duration::parse_duration, sandbox_spec::SandboxSpec};
+use gateway_proto::{
+    Pattern,
+    cidr::Cidr,
+    config::PolicyOverrides,
+    duration::parse_duration,
+    ports::{PortList, PortsError},
+    sandbox_spec::SandboxSpec,
+};
 
 use crate::ebpf::pins::DEFAULT_PIN_DIR;
 
@@ -85,11 +92,13 @@ pub struct EngineArgs {
 /// `gateway run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// A sandbox: its cgroup v2 directory (absolute, or relative to the cgroup2 mount), optionally
-    /// its network namespace file and its intercepted ports (default 443). Repeatable.
+    /// A sandbox: its cgroup v2 directory (absolute, or relative to the cgroup2 mount),
+    /// optionally its network namespace file, and changes to the config's policy with the
+    /// names of exec's policy flags (port=N, http-port=N, allow-host=P, deny-host=P,
+    /// allow-cidr=C, deny-cidr=C, allow-tcp-port=N, allow-udp-port=N). Repeatable.
     #[arg(
         long = "sandbox",
-        value_name = "CGROUP[,netns=PATH][,port=N]...",
+        value_name = "CGROUP[,netns=PATH][,OPTION=VALUE]...",
         required = true
     )]
     pub sandboxes: Vec<SandboxSpec>,
@@ -106,9 +115,8 @@ pub struct ExecArgs {
     /// `new`: run the command in a fresh network namespace that has only `lo`.
     #[arg(long, value_enum)]
     pub netns: Option<NetnsMode>,
-    /// Intercepted TCP port (repeatable, at most 8; default 443).
-    #[arg(long = "port", value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub ports: Vec<u16>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// The command to run and its arguments.
@@ -119,6 +127,69 @@ pub struct ExecArgs {
         value_name = "CMD"
     )]
     pub command: Vec<OsString>,
+}
+
+/// One sandbox's changes to the config's `[policy]`: lists are added to, ports replaced.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// Intercepted TLS port (repeatable; replaces the config's tls_ports, default 443).
+    #[arg(long = "port", value_name = "PORT", value_parser = port)]
+    pub tls_ports: Vec<u16>,
+    /// Plain HTTP port through the gateway (repeatable; replaces http_ports, default 80).
+    #[arg(long = "http-port", value_name = "PORT", value_parser = port)]
+    pub http_ports: Vec<u16>,
+    /// Host name pattern that may be reached; any makes the sandbox allow-list only.
+    #[arg(long = "allow-host", value_name = "PATTERN")]
+    pub allow_hosts: Vec<Pattern>,
+    /// Host name pattern that may not be reached.
+    #[arg(long = "deny-host", value_name = "PATTERN")]
+    pub deny_hosts: Vec<Pattern>,
+    /// Address range that may be reached even inside a denied range (longest prefix wins).
+    #[arg(long = "allow-cidr", value_name = "CIDR")]
+    pub allow_cidrs: Vec<Cidr>,
+    /// Address range that may not be reached.
+    #[arg(long = "deny-cidr", value_name = "CIDR")]
+    pub deny_cidrs: Vec<Cidr>,
+    /// TCP port the command may connect to directly.
+    #[arg(long = "allow-tcp-port", value_name = "PORT", value_parser = port)]
+    pub allow_tcp_ports: Vec<u16>,
+    /// UDP port the command may send to.
+    #[arg(long = "allow-udp-port", value_name = "PORT", value_parser = port)]
+    pub allow_udp_ports: Vec<u16>,
+}
+
+impl PolicyArgs {
+    /// The flags as overrides of the config's policy.
+    ///
+    /// # Errors
+    /// [`PortsError`] when `--port` or `--http-port` is given too often.
+    pub fn overrides(&self) -> Result<PolicyOverrides, PortsError> {
+        let list = |ports: &[u16]| {
+            (!ports.is_empty())
+                .then(|| PortList::new(ports.iter().map(|p| i64::from(*p))))
+                .transpose()
+        };
+        Ok(PolicyOverrides {
+            tls_ports: list(&self.tls_ports)?,
+            http_ports: list(&self.http_ports)?,
+            allow_tcp_ports: self.allow_tcp_ports.clone(),
+            allow_udp_ports: self.allow_udp_ports.clone(),
+            allow_cidrs: self.allow_cidrs.clone(),
+            deny_cidrs: self.deny_cidrs.clone(),
+            allow_hosts: self.allow_hosts.clone(),
+            deny_hosts: self.deny_hosts.clone(),
+            block_quic: None,
+            require_sni: None,
+        })
+    }
+}
+
+/// A destination port, 1 to 65535.
+fn port(text: &str) -> Result<u16, String> {
+    text.parse::<u16>()
+        .ok()
+        .filter(|port| *port != 0)
+        .ok_or_else(|| format!("`{text}` is not a port from 1 to 65535"))
 }
 
 /// `--netns` choices.
@@ -187,7 +258,43 @@ mod tests {
     fn run_needs_a_sandbox_and_reports_bad_ones() {
         assert!(Cli::try_parse_from(["gateway", "run"]).is_err());
         let err = Cli::try_parse_from(["gateway", "run", "--sandbox", "x,port=0"]).unwrap_err();
-        assert!(err.to_string().contains("port 0"), "{err}");
+        assert!(err.to_string().contains("port=0"), "{err}");
+    }
+
+    #[test]
+    fn exec_policy_flags_become_overrides() {
+        let cli = Cli::try_parse_from([
+            "gateway",
+            "exec",
+            "--allow-host",
+            "*.github.com",
+            "--deny-cidr",
+            "192.0.2.0/24",
+            "--allow-tcp-port",
+            "22",
+            "--port",
+            "8443",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec")
+        };
+        let overrides = args.policy.overrides().unwrap();
+        assert_eq!(overrides.allow_hosts[0].to_string(), "*.github.com");
+        assert_eq!(overrides.deny_cidrs[0].to_string(), "192.0.2.0/24");
+        assert_eq!(overrides.allow_tcp_ports, vec![22]);
+        assert_eq!(overrides.tls_ports.unwrap().as_slice(), &[8443]);
+        assert_eq!(overrides.http_ports, None);
+        for bad in [
+            &["--allow-host", "a b"][..],
+            &["--allow-cidr", "10.1.2.3/8"],
+            &["--allow-tcp-port", "0"],
+        ] {
+            let argv = ["gateway", "exec"].iter().chain(bad).chain(&["--", "true"]);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use gateway_proto::hello::{self, MAX_HELLO_LEN, Parsed};
+use gateway_proto::{
+    HostName,
+    hello::{self, Incomplete, MAX_HELLO_LEN, Parsed},
+    http_sniff::{self, Sniffed},
+};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
@@ -17,16 +21,18 @@ use tracing::{info, warn};
 
 use crate::{
     ebpf::{EbpfError, OrigDstTable},
+    http::{self, HostJudge, HttpError, Verdict},
     net::{ClientAddr, DialError, OrigDst, dial},
     policy::{
-        Refusal, Route, RoutePolicy,
-        route::{Intercept, Splice},
+        PortKind, Refusal, Route, SandboxPolicy,
+        route::{First, Forbid, Intercept, Splice},
     },
     relay::{RelayError, RelayStats, Timeouts, splice},
     sandbox::SandboxId,
     tls::{
         TlsContext,
-        intercept::{self, InterceptError, UpstreamFacts},
+        certs::Subject,
+        intercept::{self, InterceptError, UpstreamFacts, own_alpn, send_alert},
     },
 };
 
@@ -39,8 +45,8 @@ pub struct SandboxContext {
     pub orig_dst: OrigDstTable,
     /// Connection time limits.
     pub timeouts: Timeouts,
-    /// The route decision's inputs.
-    pub policy: Arc<RoutePolicy>,
+    /// The sandbox's policy: the route decision's inputs.
+    pub policy: Arc<SandboxPolicy>,
     /// The CA and forged certificates.
     pub tls: Arc<TlsContext>,
     /// Tracks connection tasks, so shutdown can let them finish.
@@ -76,6 +82,9 @@ pub enum ConnError {
     /// The interception failed.
     #[error(transparent)]
     Intercept(#[from] InterceptError),
+    /// The HTTP path (plain HTTP, or a 403 page) failed.
+    #[error(transparent)]
+    Http(#[from] HttpError),
 }
 
 impl ConnError {
@@ -85,6 +94,7 @@ impl ConnError {
             ConnError::Relay(relay) | ConnError::Intercept(InterceptError::Relay(relay)) => {
                 relay.stats
             }
+            ConnError::Http(http) => http.stats(),
             _ => RelayStats::default(),
         }
     }
@@ -94,21 +104,25 @@ impl ConnError {
 #[derive(Debug, thiserror::Error)]
 pub enum FirstBytesError {
     /// The client sent nothing usable in time.
-    #[error("no ClientHello within {timeout:?} ({received} bytes received)")]
+    #[error("no {expected} within {timeout:?} ({received} bytes received)")]
     Timeout {
+        /// `ClientHello` or `HTTP request`.
+        expected: &'static str,
         /// How long was waited.
         timeout: Duration,
         /// Bytes that had arrived.
         received: usize,
     },
     /// The client closed first.
-    #[error("client closed after {received} bytes, before a complete ClientHello")]
+    #[error("client closed after {received} bytes, before a complete {expected}")]
     Closed {
+        /// `ClientHello` or `HTTP request`.
+        expected: &'static str,
         /// Bytes that had arrived.
         received: usize,
     },
-    /// The ClientHello did not fit in the cap.
-    #[error("ClientHello larger than {MAX_HELLO_LEN} bytes")]
+    /// The ClientHello (or an HTTP method) did not fit in the cap.
+    #[error("first bytes larger than {MAX_HELLO_LEN} bytes without a verdict")]
     TooLarge,
     /// Reading from the client failed.
     #[error("reading the ClientHello: {0}")]
@@ -127,8 +141,12 @@ pub enum Mode {
     InterceptUnverified,
     /// Spliced raw by a bypass rule.
     Bypass,
-    /// Not TLS, relayed raw (plain_tcp = "relay").
+    /// Not the port's protocol, relayed raw (plain_tcp = "relay").
     Plain,
+    /// A denied name, answered with a 403 page after the handshake.
+    Forbidden,
+    /// Plain HTTP through the gateway.
+    Http,
 }
 
 impl Mode {
@@ -140,6 +158,8 @@ impl Mode {
             Mode::InterceptUnverified => "intercept-unverified",
             Mode::Bypass => "bypass",
             Mode::Plain => "plain",
+            Mode::Forbidden => "forbidden",
+            Mode::Http => "http",
         }
     }
 
@@ -150,6 +170,8 @@ impl Mode {
             Route::Splice(Splice::PlainTcp) => Mode::Plain,
             Route::Intercept(Intercept { verify: true, .. }) => Mode::Intercept,
             Route::Intercept(Intercept { verify: false, .. }) => Mode::InterceptUnverified,
+            Route::Forbid(_) => Mode::Forbidden,
+            Route::PlainHttp => Mode::Http,
         }
     }
 }
@@ -190,57 +212,98 @@ async fn try_handle(
     if let Some(refusal) = ctx.policy.refuse_destination(dst) {
         return Err(ConnError::Refused(refusal));
     }
+    let kind = ctx.policy.port_kind(dst.0.port()).unwrap_or(PortKind::Tls);
     // Both legs carry small interactive writes (TLS handshakes): do not delay them.
     let _ = stream.set_nodelay(true);
-    let (prefix, first) = read_first_bytes(&mut stream, ctx.timeouts.hello).await?;
-    if let Parsed::Hello(hello) = &first {
+    let (prefix, first) = read_first_bytes(&mut stream, kind, ctx.timeouts.hello).await?;
+    if let First::Hello(hello) = &first {
         info.sni = hello.sni.as_ref().map(ToString::to_string);
     }
     let route = ctx.policy.route(dst, &first);
     info.mode = Mode::of(&route);
+    let alpn_offer = match first {
+        First::Hello(hello) => hello.alpn,
+        First::Http | First::Other { .. } | First::Malformed { .. } => Vec::new(),
+    };
     match route {
-        Route::Refuse(refusal) => Err(ConnError::Refused(refusal)),
+        Route::Refuse(refusal) => {
+            if let Some(alert) = refusal.tls_alert() {
+                send_alert(&mut stream, alert).await;
+            }
+            Err(ConnError::Refused(refusal))
+        }
         Route::Splice(_) => {
             let (upstream, local) = dial(dst, ctx.timeouts.connect).await?;
             info.upstream.local = local;
             Ok(splice(stream, &prefix, upstream, ctx.timeouts.idle).await?)
         }
-        Route::Intercept(route) => {
-            let alpn_offer = match first {
-                Parsed::Hello(hello) => hello.alpn,
-                Parsed::NotTls { .. } | Parsed::Malformed { .. } => Vec::new(),
-            };
-            let facts = &mut info.upstream;
-            Ok(intercept::intercept(
-                stream,
-                prefix,
-                &alpn_offer,
-                dst,
-                route,
-                &ctx.tls,
-                ctx.timeouts,
-                facts,
-            )
-            .await?)
+        Route::Intercept(route) => Ok(intercept::intercept(
+            stream,
+            prefix,
+            &alpn_offer,
+            dst,
+            route,
+            &ctx.tls,
+            ctx.timeouts,
+            &mut info.upstream,
+        )
+        .await?),
+        Route::Forbid(forbid) => forbid_tls(stream, prefix, &alpn_offer, forbid, ctx).await,
+        Route::PlainHttp => {
+            let judge = Arc::new(NameJudge(Arc::clone(&ctx.policy)));
+            Ok(http::plain::proxy(stream, prefix, dst, judge, ctx.id, ctx.timeouts).await?)
         }
     }
 }
 
-/// Reads until the buffer holds a complete ClientHello or is judged not to be one; returns the
-/// bytes read (to replay) and the verdict.
+/// Completes the handshake of a denied name (no upstream is contacted) and answers every
+/// request with a 403 page naming the host and the rule.
+async fn forbid_tls(
+    stream: TcpStream,
+    prefix: Vec<u8>,
+    alpn_offer: &[Vec<u8>],
+    forbid: Forbid,
+    ctx: &SandboxContext,
+) -> Result<RelayStats, ConnError> {
+    let alpn = own_alpn(alpn_offer);
+    let subject = Subject::Dns(forbid.sni.clone());
+    let client =
+        intercept::accept_client(stream, prefix, &subject, alpn, &ctx.tls, ctx.timeouts).await?;
+    let reason = forbid.denial.to_string();
+    Ok(http::deny::forbid(client, alpn, &forbid.sni, &reason, ctx.id, ctx.timeouts).await?)
+}
+
+/// The sandbox's name rules, as the HTTP path asks them about each request's Host.
+struct NameJudge(Arc<SandboxPolicy>);
+
+impl HostJudge for NameJudge {
+    fn judge(&self, host: &HostName) -> Verdict {
+        match self.0.names.judge(host) {
+            Ok(()) => Verdict::Allow,
+            Err(denial) => Verdict::Deny {
+                reason: denial.to_string(),
+            },
+        }
+    }
+}
+
+/// Reads until the buffer holds what the port's protocol needs for a verdict (a whole
+/// ClientHello on a TLS port, a method on an HTTP port); returns the bytes read (to replay)
+/// and the verdict.
 async fn read_first_bytes(
     client: &mut TcpStream,
+    kind: PortKind,
     timeout: Duration,
-) -> Result<(Vec<u8>, Parsed), FirstBytesError> {
+) -> Result<(Vec<u8>, First), FirstBytesError> {
     let mut buf = Vec::with_capacity(1024);
     let read = async {
         loop {
-            match hello::parse(&buf) {
-                Ok(parsed) => return Ok(parsed),
-                Err(hello::Incomplete) if buf.len() >= MAX_HELLO_LEN => {
+            match judge_first_bytes(&buf, kind) {
+                Ok(first) => return Ok(first),
+                Err(Incomplete) if buf.len() >= MAX_HELLO_LEN => {
                     return Err(FirstBytesError::TooLarge);
                 }
-                Err(hello::Incomplete) => {}
+                Err(Incomplete) => {}
             }
             let mut chunk = [0u8; 4096];
             let want = chunk.len().min(MAX_HELLO_LEN - buf.len());
@@ -250,6 +313,7 @@ async fn read_first_bytes(
                 .map_err(FirstBytesError::Io)?;
             if n == 0 {
                 return Err(FirstBytesError::Closed {
+                    expected: kind.first_message(),
                     received: buf.len(),
                 });
             }
@@ -259,13 +323,28 @@ async fn read_first_bytes(
     // The buffer is borrowed by the read future; its length is reported after it is dropped.
     let result = tokio::time::timeout(timeout, read).await;
     match result {
-        Ok(Ok(parsed)) => Ok((buf, parsed)),
+        Ok(Ok(first)) => Ok((buf, first)),
         Ok(Err(err)) => Err(err),
         Err(_) => Err(FirstBytesError::Timeout {
+            expected: kind.first_message(),
             timeout,
             received: buf.len(),
         }),
     }
+}
+
+fn judge_first_bytes(buf: &[u8], kind: PortKind) -> Result<First, Incomplete> {
+    Ok(match kind {
+        PortKind::Tls => match hello::parse(buf)? {
+            Parsed::Hello(hello) => First::Hello(hello),
+            Parsed::NotTls { reason } => First::Other { reason },
+            Parsed::Malformed { reason } => First::Malformed { reason },
+        },
+        PortKind::Http => match http_sniff::sniff_request(buf)? {
+            Sniffed::Http => First::Http,
+            Sniffed::NotHttp { reason } => First::Other { reason },
+        },
+    })
 }
 
 fn log_close(

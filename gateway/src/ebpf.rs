@@ -1,7 +1,10 @@
 //! The eBPF side as the daemon sees it: loading the embedded programs, attaching them to sandbox
-//! cgroups, pinning maps and links for operators, and reading and writing the maps.
+//! cgroups with their policy entries, pinning maps and links for operators, and reading and
+//! writing the maps.
 
+pub mod events;
 pub mod pins;
+pub mod rules;
 
 use std::{
     collections::BTreeMap,
@@ -12,16 +15,19 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SockOps,
         links::{FdLink, LinkError},
     },
 };
-use gateway_common::{ClientKey, Counter, MAX_PORTS, OrigDstEntry, SandboxConf, map_names};
+use gateway_common::{
+    AddrKey, AddrRule, ClientKey, Counter, OrigDstEntry, PortKey, PortRule, Refusals, SandboxConf,
+    map_names,
+};
 
-pub use self::pins::PinDir;
-use crate::sandbox::{SandboxId, cgroup::Cgroup};
+pub use self::{pins::PinDir, rules::SandboxRules};
+use crate::sandbox::cgroup::Cgroup;
 
 /// The compiled eBPF object, built from gateway-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
@@ -29,7 +35,23 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ga
 /// Program names in the object, and the short names their pinned links get.
 const CONNECT4: &str = "gateway_connect4";
 const CONNECT6: &str = "gateway_connect6";
+const SENDMSG4: &str = "gateway_sendmsg4";
+const SENDMSG6: &str = "gateway_sendmsg6";
+const SOCK_CREATE: &str = "gateway_sock_create";
 const SOCK_OPS: &str = "gateway_sock_ops";
+
+/// The cgroup_sock_addr programs (connect and send hooks).
+const SOCK_ADDR_PROGRAMS: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+/// Every program attached to a sandbox cgroup. sock_create first, so that no socket of a
+/// forbidden kind can be made while the others are being attached.
+const ALL_PROGRAMS: [&str; 6] = [
+    SOCK_CREATE,
+    CONNECT4,
+    CONNECT6,
+    SENDMSG4,
+    SENDMSG6,
+    SOCK_OPS,
+];
 
 /// Errors loading, attaching or using the eBPF programs and maps.
 #[derive(Debug, thiserror::Error)]
@@ -84,12 +106,23 @@ pub enum EbpfError {
     /// Pinning under bpffs failed.
     #[error(transparent)]
     Pin(#[from] pins::PinError),
+    /// The number of possible CPUs (for per-CPU values) could not be read.
+    #[error("reading the possible CPUs: {source}")]
+    Cpus {
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The loaded programs and their maps.
 pub struct Programs {
     ebpf: Ebpf,
     sandboxes: HashMap<MapData, u64, SandboxConf>,
+    port_rules: HashMap<MapData, PortKey, PortRule>,
+    addr_rules: LpmTrie<MapData, AddrKey, AddrRule>,
+    resolvers: HashMap<MapData, AddrKey, u32>,
+    refusals: PerCpuHashMap<MapData, u32, Refusals>,
+    refusal_events: Option<RingBuf<MapData>>,
     orig_dst: OrigDstTable,
     counters: PerCpuArray<MapData, u64>,
     pins: Option<PinDir>,
@@ -109,21 +142,22 @@ impl Programs {
         let mut ebpf = EbpfLoader::new()
             .load(OBJECT)
             .map_err(|source| EbpfError::Object { source })?;
-        for name in [CONNECT4, CONNECT6] {
+        for name in SOCK_ADDR_PROGRAMS {
             let program: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
             program
                 .load()
                 .map_err(|source| EbpfError::Load { name, source })?;
         }
+        let sock_create: &mut CgroupSock = program_mut(&mut ebpf, SOCK_CREATE)?;
+        sock_create.load().map_err(|source| EbpfError::Load {
+            name: SOCK_CREATE,
+            source,
+        })?;
         let sock_ops: &mut SockOps = program_mut(&mut ebpf, SOCK_OPS)?;
         sock_ops.load().map_err(|source| EbpfError::Load {
             name: SOCK_OPS,
             source,
         })?;
-
-        let sandboxes = take_map(&mut ebpf, map_names::SANDBOXES, pins.as_ref())?;
-        let orig_dst = take_map(&mut ebpf, map_names::ORIG_DST, pins.as_ref())?;
-        let counters = take_map(&mut ebpf, map_names::COUNTERS, pins.as_ref())?;
         if let Some(pins) = &pins {
             // Not used by the daemon, pinned so operators can see connects in flight.
             let map = ebpf
@@ -131,55 +165,90 @@ impl Programs {
                 .ok_or_else(|| missing_map(map_names::PENDING))?;
             pins.pin_map(map_names::PENDING, map)?;
         }
+        let mut maps = MapTaker {
+            ebpf: &mut ebpf,
+            pins: pins.as_ref(),
+        };
         Ok(Programs {
+            sandboxes: maps.take(map_names::SANDBOXES)?,
+            port_rules: maps.take(map_names::PORT_RULES)?,
+            addr_rules: maps.take(map_names::ADDR_RULES)?,
+            resolvers: maps.take(map_names::RESOLVERS)?,
+            refusals: maps.take(map_names::REFUSALS)?,
+            refusal_events: Some(maps.take(map_names::REFUSAL_EVENTS)?),
+            orig_dst: OrigDstTable(Arc::new(Mutex::new(maps.take(map_names::ORIG_DST)?))),
+            counters: maps.take(map_names::COUNTERS)?,
             ebpf,
-            sandboxes: HashMap::try_from(sandboxes).map_err(|source| EbpfError::BadMap {
-                name: map_names::SANDBOXES,
-                source,
-            })?,
-            orig_dst: OrigDstTable(Arc::new(Mutex::new(HashMap::try_from(orig_dst).map_err(
-                |source| EbpfError::BadMap {
-                    name: map_names::ORIG_DST,
-                    source,
-                },
-            )?))),
-            counters: PerCpuArray::try_from(counters).map_err(|source| EbpfError::BadMap {
-                name: map_names::COUNTERS,
-                source,
-            })?,
             pins,
         })
     }
 
-    /// Registers a sandbox and attaches the programs to its cgroup. The sandbox is redirected
-    /// until the returned [`Attachment`] is dropped.
+    /// Installs a sandbox's policy entries and attaches the programs to its cgroup. The
+    /// sandbox is judged and redirected until the returned [`Attachment`] is dropped; then
+    /// [`Programs::forget`] removes its entries.
     pub fn attach(
         &mut self,
         cgroup: &Cgroup,
-        id: SandboxId,
-        listener_port: u16,
-        ports: &[u16],
+        rules: &SandboxRules,
     ) -> Result<Attachment, EbpfError> {
-        let conf = sandbox_conf(id, listener_port, ports);
-        self.sandboxes
-            .insert(cgroup.id(), conf, 0)
-            .map_err(|source| EbpfError::Map {
-                op: "insert into",
-                map: map_names::SANDBOXES,
-                source,
-            })?;
-        let mut links = Vec::with_capacity(3);
-        for name in [CONNECT4, CONNECT6, SOCK_OPS] {
-            let link = self.attach_one(name, cgroup)?;
-            let link = match &self.pins {
-                Some(pins) => {
-                    AttachedLink::Pinned(pins.pin_link(&format!("sandbox{id}_{name}"), link)?)
+        if let Err(err) = self.install(cgroup.id(), rules) {
+            self.forget(cgroup.id(), rules);
+            return Err(err);
+        }
+        let mut links = Vec::with_capacity(ALL_PROGRAMS.len());
+        for name in ALL_PROGRAMS {
+            let link = match self.attach_one(name, cgroup) {
+                Ok(link) => link,
+                Err(err) => {
+                    drop(links);
+                    self.forget(cgroup.id(), rules);
+                    return Err(err);
                 }
+            };
+            let link = match &self.pins {
+                Some(pins) => AttachedLink::Pinned(
+                    pins.pin_link(&format!("sandbox{}_{name}", rules.sandbox_id), link)?,
+                ),
                 None => AttachedLink::Fd(link),
             };
             links.push(link);
         }
         Ok(Attachment { links })
+    }
+
+    /// Writes the sandbox's entries: rules first, its config last, since the programs judge
+    /// a cgroup only once its config is there.
+    fn install(&mut self, cgroup_id: u64, rules: &SandboxRules) -> Result<(), EbpfError> {
+        let map_err = |op, map| move |source| EbpfError::Map { op, map, source };
+        for (key, rule) in &rules.ports {
+            self.port_rules
+                .insert(key, rule, 0)
+                .map_err(map_err("insert into", map_names::PORT_RULES))?;
+        }
+        for (cidr, rule) in &rules.addrs {
+            self.addr_rules
+                .insert(&rules.trie_key(cidr), rule, 0)
+                .map_err(map_err("insert into", map_names::ADDR_RULES))?;
+        }
+        for resolver in &rules.resolvers {
+            self.resolvers
+                .insert(rules.addr_key(*resolver), 1, 0)
+                .map_err(map_err("insert into", map_names::RESOLVERS))?;
+        }
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| EbpfError::Cpus { source })?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![Refusals::default(); cpus])
+            .map_err(|source| EbpfError::Cpus { source })?;
+        self.refusals
+            .insert(rules.sandbox_id, zero, 0)
+            .map_err(map_err("insert into", map_names::REFUSALS))?;
+        let conf = SandboxConf {
+            sandbox_id: rules.sandbox_id,
+            listener_port: rules.listener_port,
+            flags: rules.flags,
+        };
+        self.sandboxes
+            .insert(cgroup_id, conf, 0)
+            .map_err(map_err("insert into", map_names::SANDBOXES))
     }
 
     fn attach_one(&mut self, name: &'static str, cgroup: &Cgroup) -> Result<FdLink, EbpfError> {
@@ -199,6 +268,10 @@ impl Programs {
             let program: &mut SockOps = program_mut(&mut self.ebpf, name)?;
             let id = program.attach(cgroup.dir(), mode).map_err(attach_err)?;
             program.take_link(id).map_err(attach_err)?.try_into()
+        } else if name == SOCK_CREATE {
+            let program: &mut CgroupSock = program_mut(&mut self.ebpf, name)?;
+            let id = program.attach(cgroup.dir(), mode).map_err(attach_err)?;
+            program.take_link(id).map_err(attach_err)?.try_into()
         } else {
             let program: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
             let id = program.attach(cgroup.dir(), mode).map_err(attach_err)?;
@@ -207,16 +280,59 @@ impl Programs {
         link.map_err(link_err)
     }
 
-    /// Forgets a sandbox's config (after its attachment is gone).
-    pub fn forget(&mut self, cgroup_id: u64) -> Result<(), EbpfError> {
-        match self.sandboxes.remove(&cgroup_id) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(EbpfError::Map {
-                op: "remove from",
-                map: map_names::SANDBOXES,
-                source,
-            }),
+    /// Removes a sandbox's entries (after its attachment is gone): its config first, so the
+    /// programs stop judging it before its rules go. Entries already gone are fine; other
+    /// failures are logged, since nothing else can be done about them.
+    pub fn forget(&mut self, cgroup_id: u64, rules: &SandboxRules) {
+        let report = |map: &'static str, result: Result<(), MapError>| match result {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(err) => {
+                tracing::warn!(sandbox = rules.sandbox_id, map, error = %err, "failed to remove a sandbox's entry");
+            }
+        };
+        report(map_names::SANDBOXES, self.sandboxes.remove(&cgroup_id));
+        for (key, _) in &rules.ports {
+            report(map_names::PORT_RULES, self.port_rules.remove(key));
         }
+        for (cidr, _) in &rules.addrs {
+            report(
+                map_names::ADDR_RULES,
+                self.addr_rules.remove(&rules.trie_key(cidr)),
+            );
+        }
+        for resolver in &rules.resolvers {
+            report(
+                map_names::RESOLVERS,
+                self.resolvers.remove(&rules.addr_key(*resolver)),
+            );
+        }
+        report(map_names::REFUSALS, self.refusals.remove(&rules.sandbox_id));
+    }
+
+    /// A sandbox's refusals so far, summed over CPUs.
+    pub fn refusals(&self, sandbox_id: u32) -> Result<Refusals, EbpfError> {
+        let values = self
+            .refusals
+            .get(&sandbox_id, 0)
+            .map_err(|source| EbpfError::Map {
+                op: "read",
+                map: map_names::REFUSALS,
+                source,
+            })?;
+        Ok(values
+            .iter()
+            .fold(Refusals::default(), |sum, cpu| Refusals {
+                address: sum.address + cpu.address,
+                tcp_port: sum.tcp_port + cpu.tcp_port,
+                udp_port: sum.udp_port + cpu.udp_port,
+                quic: sum.quic + cpu.quic,
+                socket: sum.socket + cpu.socket,
+            }))
+    }
+
+    /// The ring buffer of refusal events, for the one task that reads it.
+    pub fn take_refusal_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.refusal_events.take()
     }
 
     /// A shareable handle on the `ORIG_DST` map.
@@ -248,20 +364,6 @@ impl Programs {
     }
 }
 
-fn sandbox_conf(id: SandboxId, listener_port: u16, ports: &[u16]) -> SandboxConf {
-    let mut conf = SandboxConf {
-        sandbox_id: id.0,
-        listener_port,
-        nports: 0,
-        ports: [0; MAX_PORTS],
-    };
-    for (slot, port) in conf.ports.iter_mut().zip(ports) {
-        *slot = *port;
-        conf.nports += 1;
-    }
-    conf
-}
-
 fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, EbpfError>
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program>,
@@ -278,12 +380,23 @@ fn missing_map(name: &'static str) -> EbpfError {
     }
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str, pins: Option<&PinDir>) -> Result<Map, EbpfError> {
-    let map = ebpf.take_map(name).ok_or_else(|| missing_map(name))?;
-    if let Some(pins) = pins {
-        pins.pin_map(name, &map)?;
+/// Takes maps out of the object, pinning each when pinning.
+struct MapTaker<'a> {
+    ebpf: &'a mut Ebpf,
+    pins: Option<&'a PinDir>,
+}
+
+impl MapTaker<'_> {
+    fn take<T: TryFrom<Map, Error = MapError>>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<T, EbpfError> {
+        let map = self.ebpf.take_map(name).ok_or_else(|| missing_map(name))?;
+        if let Some(pins) = self.pins {
+            pins.pin_map(name, &map)?;
+        }
+        T::try_from(map).map_err(|source| EbpfError::BadMap { name, source })
     }
-    Ok(map)
 }
 
 /// `ORIG_DST`, shared by the listeners; the lock is held for one lookup and its delete, never

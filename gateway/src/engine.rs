@@ -4,20 +4,26 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, PoisonError},
     time::Duration,
 };
 
-use gateway_proto::{config::TlsConfig, ports::Ports};
+use gateway_proto::{
+    config::{PolicyConfig, PolicyError, PolicyOverrides, TlsConfig},
+    ports::PortList,
+};
 use tokio::task::JoinSet;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     conn::SandboxContext,
-    ebpf::{Attachment, EbpfError, PinDir, Programs},
+    ebpf::{Attachment, EbpfError, PinDir, Programs, SandboxRules},
     net::listener::{self, ListenError},
-    policy::RoutePolicy,
+    policy::{
+        SandboxPolicy, TlsPolicy,
+        refusals::{Policies, log_refusals},
+    },
     relay::Timeouts,
     sandbox::{
         SandboxId,
@@ -53,6 +59,9 @@ pub enum EngineError {
         #[source]
         source: ListenError,
     },
+    /// The sandbox's overrides do not fit the config's policy.
+    #[error("sandbox policy: {0}")]
+    Policy(#[from] PolicyError),
     /// The gateway process itself is inside a sandbox cgroup, so its upstream dials would loop.
     #[error(
         "the gateway runs inside sandbox cgroup {cgroup} (its own cgroup is {own}); run it outside every sandbox"
@@ -70,6 +79,8 @@ pub enum EngineError {
 pub struct EngineOptions {
     /// TLS interception settings (from the config file).
     pub tls: TlsConfig,
+    /// The policy of every sandbox, before its own overrides (from the config file).
+    pub policy: PolicyConfig,
     /// Connection time limits.
     pub timeouts: Timeouts,
     /// How long shutdown waits for open connections before closing them.
@@ -82,6 +93,7 @@ struct Served {
     id: SandboxId,
     cgroup_id: u64,
     cgroup: PathBuf,
+    rules: SandboxRules,
     attachment: Attachment,
     accept_loops: Vec<tokio::task::AbortHandle>,
 }
@@ -91,7 +103,9 @@ struct Served {
 pub struct Engine {
     programs: Programs,
     tls: Arc<TlsContext>,
-    policy: Arc<RoutePolicy>,
+    tls_policy: Arc<TlsPolicy>,
+    /// The policies of the sandboxes served, by id (read by the refusal log).
+    policies: Policies,
     options: EngineOptions,
     served: Vec<Served>,
     /// The id the next sandbox gets; ids are never reused, even after a sandbox is dropped.
@@ -102,45 +116,59 @@ pub struct Engine {
 }
 
 /// What [`Engine::add_sandbox`] set up, for logs and callers.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct SandboxInfo {
     /// The sandbox's id.
     pub id: SandboxId,
     /// Its listener's port (127.0.0.1 and ::1 in its namespace).
     pub listener_port: u16,
+    /// Its intercepted TLS ports.
+    pub tls_ports: PortList,
+    /// Its plain HTTP ports.
+    pub http_ports: PortList,
 }
 
 impl Engine {
-    /// Loads the programs, pinning state in `pins` when given.
+    /// Loads the programs, pinning state in `pins` when given. Must be called inside the
+    /// tokio runtime (it starts the task logging refusals).
     pub fn new(pins: Option<PinDir>, options: EngineOptions) -> Result<Self, EngineError> {
         // TLS state first: a bad CA or CA file fails before anything is loaded.
         let provider = Arc::new(crypto_provider());
         let tls = Arc::new(TlsContext::new(&options.tls, &gateway_home(), &provider)?);
-        let policy = Arc::new(RoutePolicy::from_config(&options.tls, &provider)?);
+        let tls_policy = Arc::new(TlsPolicy::new(&options.tls, &provider)?);
+        let mut programs = Programs::load(pins)?;
+        let policies = Policies::default();
+        let mut accept_loops = JoinSet::new();
+        if let Some(events) = programs.take_refusal_events() {
+            accept_loops.spawn(log_refusals(events, Arc::clone(&policies)));
+        }
         Ok(Engine {
-            programs: Programs::load(pins)?,
+            programs,
             tls,
-            policy,
+            tls_policy,
+            policies,
             options,
             served: Vec::new(),
             next_id: 1,
-            accept_loops: JoinSet::new(),
+            accept_loops,
             connections: TaskTracker::new(),
             cancel: CancellationToken::new(),
         })
     }
 
-    /// Starts redirecting `cgroup`'s connections to `ports` through a new listener. Must be
-    /// called inside the tokio runtime.
+    /// Starts enforcing the policy (with `overrides`) on `cgroup` and serving its redirected
+    /// connections through a new listener. Must be called inside the tokio runtime.
     pub fn add_sandbox(
         &mut self,
         cgroup: &Cgroup,
         netns: Option<&NetNs>,
-        ports: &Ports,
+        overrides: &PolicyOverrides,
     ) -> Result<SandboxInfo, EngineError> {
         refuse_own_cgroup(cgroup.path())?;
+        let policy = self.options.policy.with_overrides(overrides)?;
         let id = SandboxId(self.next_id);
         self.next_id += 1;
+        let policy = Arc::new(SandboxPolicy::new(policy, Arc::clone(&self.tls_policy)));
         let listen_err = |source| EngineError::Listen {
             sandbox: id,
             cgroup: cgroup.path().into(),
@@ -154,7 +182,7 @@ impl Engine {
             id,
             orig_dst: self.programs.orig_dst(),
             timeouts: self.options.timeouts,
-            policy: Arc::clone(&self.policy),
+            policy: Arc::clone(&policy),
             tls: Arc::clone(&self.tls),
             connections: self.connections.clone(),
             cancel: self.cancel.clone(),
@@ -166,25 +194,30 @@ impl Engine {
                     .spawn(listener::serve(listener, Arc::clone(&ctx)))
             })
             .collect();
-        match self
-            .programs
-            .attach(cgroup, id, listener_port, ports.as_slice())
-        {
+        let rules = policy.rules(id, listener_port);
+        match self.programs.attach(cgroup, &rules) {
             Ok(attachment) => {
+                self.policies
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(id, Arc::clone(&policy));
                 self.served.push(Served {
                     id,
                     cgroup_id: cgroup.id(),
                     cgroup: cgroup.path().into(),
+                    rules,
                     accept_loops: handles,
                     attachment,
                 });
-                Ok(SandboxInfo { id, listener_port })
+                Ok(SandboxInfo {
+                    id,
+                    listener_port,
+                    tls_ports: policy.config.tls_ports.clone(),
+                    http_ports: policy.config.http_ports.clone(),
+                })
             }
             Err(err) => {
                 handles.iter().for_each(tokio::task::AbortHandle::abort);
-                if let Err(forget) = self.programs.forget(cgroup.id()) {
-                    warn!(sandbox = %id, error = %forget, "failed to forget a sandbox that could not be attached");
-                }
                 Err(err.into())
             }
         }
@@ -208,6 +241,7 @@ impl Engine {
         let Served {
             id,
             cgroup_id,
+            rules,
             attachment,
             accept_loops,
             ..
@@ -216,9 +250,22 @@ impl Engine {
             .iter()
             .for_each(tokio::task::AbortHandle::abort);
         drop(attachment);
-        if let Err(err) = self.programs.forget(cgroup_id) {
-            warn!(sandbox = %id, error = %err, "failed to forget sandbox");
+        match self.programs.refusals(id.0) {
+            Ok(refusals) => info!(
+                sandbox = %id, refused_address = refusals.address,
+                refused_tcp_port = refusals.tcp_port, refused_udp_port = refusals.udp_port,
+                refused_quic = refusals.quic, refused_socket = refusals.socket,
+                "sandbox detached"
+            ),
+            Err(err) => {
+                warn!(sandbox = %id, error = %err, "sandbox detached; its refusal counts are unreadable")
+            }
         }
+        self.programs.forget(cgroup_id, &rules);
+        self.policies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
     }
 
     /// Connections being handled right now.

@@ -10,7 +10,7 @@ use std::{
     process::Command,
 };
 
-use gateway_proto::ports::Ports;
+use gateway_proto::config::PolicyOverrides;
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
@@ -70,8 +70,8 @@ pub enum ExecError {
 pub struct ExecOptions {
     /// Give the command a fresh network namespace with only `lo`.
     pub new_netns: bool,
-    /// Intercepted ports.
-    pub ports: Ports,
+    /// The sandbox's changes to the config's policy.
+    pub policy: PolicyOverrides,
     /// Engine tunables.
     pub engine: EngineOptions,
     /// The command and its arguments (at least the program).
@@ -107,11 +107,12 @@ async fn run_in_sandbox(
         .transpose()?;
     let mut engine = Engine::new(None, options.engine.clone())?;
     let bundle = TrustBundle::write(name, engine.ca_pem())?;
-    let sandbox = engine.add_sandbox(cgroup.cgroup(), netns.as_ref(), &options.ports)?;
+    let sandbox = engine.add_sandbox(cgroup.cgroup(), netns.as_ref(), &options.policy)?;
     info!(
         sandbox = %sandbox.id, cgroup = %cgroup.cgroup().path().display(),
         netns = netns.as_ref().map(NetNs::label).unwrap_or("host"),
-        listener_port = sandbox.listener_port, ports = %options.ports,
+        listener_port = sandbox.listener_port, tls_ports = %sandbox.tls_ports,
+        http_ports = %sandbox.http_ports,
         "sandbox ready"
     );
     let status = run_child(&options.command, cgroup, netns.as_ref(), &bundle, signals).await;

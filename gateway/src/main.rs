@@ -13,10 +13,7 @@ use gateway::{
     run::{self, RunOptions},
     tls::ca::{CertAuthority, gateway_home, locate},
 };
-use gateway_proto::{
-    config::{Config, DEFAULT_TOML},
-    ports::Ports,
-};
+use gateway_proto::config::{Config, DEFAULT_TOML};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -66,7 +63,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Exec(args) => {
             let options = ExecOptions {
                 new_netns: args.netns == Some(NetnsMode::New),
-                ports: Ports::new(args.ports).map_err(|err| anyhow!("--port: {err}"))?,
+                policy: args
+                    .policy
+                    .overrides()
+                    .map_err(|err| anyhow!("--port/--http-port: {err}"))?,
                 engine: engine(&args.engine, &config),
                 command: args.command,
             };
@@ -99,6 +99,7 @@ fn config_command(command: &ConfigCommand) -> ExitCode {
 fn engine(args: &EngineArgs, config: &Config) -> EngineOptions {
     EngineOptions {
         tls: config.tls.clone(),
+        policy: config.policy.clone(),
         timeouts: Timeouts {
             hello: config.tls.hello_timeout.get(),
             connect: args.connect_timeout,

@@ -65,11 +65,12 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let pins = PinDir::create(&options.pin_dir)?;
     let mut engine = Engine::new(Some(pins), options.engine.clone())?;
     for (spec, cgroup, netns) in opened {
-        let info = engine.add_sandbox(&cgroup, netns.as_ref(), &spec.ports)?;
+        let info = engine.add_sandbox(&cgroup, netns.as_ref(), &spec.policy)?;
         info!(
             sandbox = %info.id, cgroup = %cgroup.path().display(), cgroup_id = cgroup.id(),
             netns = netns.as_ref().map(NetNs::label).unwrap_or("host"),
-            listener_port = info.listener_port, ports = %spec.ports,
+            listener_port = info.listener_port, tls_ports = %info.tls_ports,
+            http_ports = %info.http_ports,
             "sandbox attached"
         );
     }

@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Test upstream: an HTTPS server that tells each client who answered and who it saw.
 
-GET /            -> JSON {"name", "peer", "local", "alpn"}
+GET /            -> JSON {"name", "peer", "local", "alpn", "host", "conn"}
+GET /headers     -> JSON {"name", "path", "headers"} of the request as received
 GET /bytes/N     -> N pseudo-random bytes (deterministic, for hash checks)
-POST /sha256     -> JSON {"sha256", "length"} of the request body
+GET /ws          -> a WebSocket handshake, then every frame echoed back
+POST /sha256     -> JSON {"sha256", "length", "chunked"} of the request body (Content-Length or
+                    chunked)
+--udp ADDR:PORT  -> a UDP service answering each datagram with "echo:" + the datagram
 
 Prints "READY" on stdout once every listener is bound. Runs until killed.
 """
 import argparse
+import base64
 import hashlib
 import http.server
 import json
@@ -23,6 +28,14 @@ import time
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_name_label = "upstream"
+    connections = 0
+    lock = threading.Lock()
+
+    def setup(self):
+        super().setup()
+        with Handler.lock:
+            Handler.connections += 1
+            self.conn_id = Handler.connections
 
     def log_message(self, fmt, *args):  # keep stdout for READY and connection records
         pass
@@ -49,6 +62,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if self.path == "/hang":
             time.sleep(120)
             return
+        if self.path == "/ws":
+            self.websocket()
+            return
+        if self.path.startswith("/headers"):
+            body = json.dumps({
+                "name": self.server_name_label,
+                "path": self.path,
+                "headers": [[k, v] for k, v in self.headers.items()],
+            }).encode() + b"\n"
+            self._send(200, body)
+            return
         if self.path.startswith("/bytes/"):
             n = int(self.path.split("/")[2])
             body = random.Random(n).randbytes(n)
@@ -70,20 +94,71 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "peer": fmt_addr(peer),
             "local": fmt_addr(local),
             "alpn": alpn,
+            "host": self.headers.get("Host"),
+            "conn": self.conn_id,
         }).encode() + b"\n"
         self._send(200, body)
 
+    def websocket(self):
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        accept = base64.b64encode(
+            hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()
+        ).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            head = self.rfile.read(2)
+            if len(head) < 2:
+                break
+            length = head[1] & 0x7F
+            if length == 126:
+                length = struct.unpack("!H", self.rfile.read(2))[0]
+            elif length == 127:
+                length = struct.unpack("!Q", self.rfile.read(8))[0]
+            mask = self.rfile.read(4) if head[1] & 0x80 else b"\0\0\0\0"
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(length)))
+            if head[0] & 0x0F == 8:
+                break
+            frame = bytes([head[0], len(data)]) if len(data) < 126 else bytes([head[0], 126]) + struct.pack("!H", len(data))
+            self.wfile.write(frame + data)
+            self.wfile.flush()
+        self.close_connection = True
+
     def do_POST(self):
-        length = int(self.headers.get("Content-Length", "0"))
         digest = hashlib.sha256()
-        remaining = length
+        chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
+        received = self.read_chunked(digest) if chunked else self.read_length(digest)
+        body = json.dumps({"sha256": digest.hexdigest(), "length": received, "chunked": chunked})
+        self._send(200, body.encode() + b"\n")
+
+    def read_length(self, digest):
+        remaining = int(self.headers.get("Content-Length", "0"))
+        received = 0
         while remaining:
             chunk = self.rfile.read(min(remaining, 65536))
             if not chunk:
                 break
             digest.update(chunk)
             remaining -= len(chunk)
-        self._send(200, json.dumps({"sha256": digest.hexdigest(), "length": length - remaining}).encode() + b"\n")
+            received += len(chunk)
+        return received
+
+    def read_chunked(self, digest):
+        received = 0
+        while True:
+            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return received
+            data = self.rfile.read(size)
+            digest.update(data)
+            received += len(data)
+            self.rfile.readline()
 
 
 def fmt_addr(addr):
@@ -121,6 +196,24 @@ def blackhole(listen):
     return thread
 
 
+def udp_echo(listen):
+    """Answers each datagram with "echo:" + the datagram (a stand-in resolver)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((host, int(port)))
+
+    def run():
+        while True:
+            data, peer = sock.recvfrom(2048)
+            sock.sendto(b"echo:" + data, peer)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
 def serve(listen, context, name):
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
@@ -144,6 +237,7 @@ def main():
     parser.add_argument("--plain", action="append", default=[], help="ADDR:PORT served without TLS")
     parser.add_argument("--tls12-only", action="store_true", help="refuse TLS 1.3")
     parser.add_argument("--blackhole", action="append", default=[], help="ADDR:PORT that accepts and never answers")
+    parser.add_argument("--udp", action="append", default=[], help="ADDR:PORT answering datagrams")
     args = parser.parse_args()
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -154,6 +248,7 @@ def main():
     threads = [serve(listen, context, args.name) for listen in args.listen or []]
     threads += [serve(listen, None, args.name) for listen in args.plain]
     threads += [blackhole(listen) for listen in args.blackhole]
+    threads += [udp_echo(listen) for listen in args.udp]
     print("READY", flush=True)
     for thread in threads:
         thread.join()

@@ -57,7 +57,8 @@ impl Drop for NetNs {
 }
 
 /// A test host: a namespace joined to the host namespace by a veth pair, with IPv4 and IPv6
-/// addresses on both ends (198.18.N.0/30, fd67:7761:0:N::/64, addresses reserved for testing).
+/// addresses on both ends (198.18.N.0/30, 2001:db8:7761:N::/64: ranges reserved for
+/// benchmarks and documentation, which no sandbox policy denies by default).
 #[derive(Debug)]
 pub struct UpstreamHost {
     /// The host's namespace.
@@ -76,7 +77,7 @@ pub struct UpstreamHost {
     _subnet: SubnetLease,
 }
 
-/// An exclusive lock on subnet N (198.18.N.0/30, fd67:7761:0:N::/64) across processes.
+/// An exclusive lock on subnet N (198.18.N.0/30, 2001:db8:7761:N::/64) across processes.
 #[derive(Debug)]
 struct SubnetLease {
     n: u8,
@@ -115,8 +116,8 @@ impl UpstreamHost {
             veth: veth.clone(),
             host_v4: Ipv4Addr::new(198, 18, n, 1),
             v4: Ipv4Addr::new(198, 18, n, 2),
-            host_v6: format!("fd67:7761:0:{n:x}::1").parse()?,
-            v6: format!("fd67:7761:0:{n:x}::2").parse()?,
+            host_v6: format!("2001:db8:7761:{n:x}::1").parse()?,
+            v6: format!("2001:db8:7761:{n:x}::2").parse()?,
             _subnet: subnet,
         };
         run(&mut cmd(

@@ -3,6 +3,7 @@
 //! [`Config::validate`]. Errors name the file, the key path, the reason and the line.
 
 mod error;
+mod policy;
 mod values;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use serde::Deserialize;
 
 pub use self::{
     error::{ConfigError, Position},
+    policy::{NameDenial, NameRules, PolicyConfig, PolicyError, PolicyOverrides},
     values::{CacheCapacity, FilePath, HelloTimeout, ValidityHours},
 };
 use crate::pattern::Pattern;
@@ -25,6 +27,8 @@ pub const DEFAULT_TOML: &str = include_str!("default.toml");
 pub struct Config {
     /// `[tls]`: interception.
     pub tls: TlsConfig,
+    /// `[policy]`: what sandboxes may reach (defaults for every sandbox).
+    pub policy: PolicyConfig,
 }
 
 /// The `[tls]` section.
@@ -160,7 +164,8 @@ impl Config {
     /// # Errors
     /// The first check that fails, with the key to report it at.
     pub fn validate(&self) -> Result<(), Invalid> {
-        self.tls.validate()
+        self.tls.validate()?;
+        self.policy.validate()
     }
 }
 

@@ -6,6 +6,7 @@ use std::{fmt, num::NonZeroUsize, path::PathBuf, time::Duration};
 use serde::{Deserialize, Deserializer, de::Error as _};
 
 use crate::{
+    cidr::Cidr,
     duration::{format_duration, parse_duration},
     pattern::Pattern,
 };
@@ -169,6 +170,14 @@ impl<'de> Deserialize<'de> for Pattern {
         let text = String::deserialize(deserializer)?;
         Pattern::parse(&text)
             .map_err(|why| D::Error::custom(format!("invalid name pattern {text:?}: {why}")))
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse()
+            .map_err(|why| D::Error::custom(format!("invalid network {text:?}: {why}")))
     }
 }
 

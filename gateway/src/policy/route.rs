@@ -1,35 +1,56 @@
-//! The route decision: a pure function of the config, the original destination and what the
-//! first bytes said, returning what to do with the connection. No sockets, so every case is a
-//! unit test.
+//! The route decision: a pure function of a sandbox's policy, the original destination and
+//! what the first bytes said, returning what to do with the connection. No sockets, so every
+//! case is a unit test.
 
 use std::sync::Arc;
 
 use gateway_proto::{
     HostName, Pattern,
-    config::{PlainTcp, TlsConfig},
-    hello::{ClientHello, Parsed},
-    pattern::PatternSet,
+    config::{NameDenial, PlainTcp},
+    hello::ClientHello,
 };
-use rustls::{ClientConfig, crypto::CryptoProvider};
+use rustls::ClientConfig;
 use rustls_pki_types::ServerName as PkiServerName;
 
-use crate::{
-    net::OrigDst,
-    tls::{
-        certs::Subject,
-        upstream::{Connectors, UpstreamError},
+use super::{PortKind, SandboxPolicy};
+use crate::{net::OrigDst, tls::certs::Subject};
+
+/// TLS alert: the client may not have what it asked for.
+pub const ALERT_ACCESS_DENIED: u8 = 49;
+
+/// What the first bytes of a connection turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum First {
+    /// A ClientHello (on a TLS port).
+    Hello(ClientHello),
+    /// The start of an HTTP/1 request (on an HTTP port).
+    Http,
+    /// Not the port's protocol.
+    Other {
+        /// What they looked like, for the log.
+        reason: &'static str,
     },
-};
+    /// Started as TLS but is not a well-formed ClientHello.
+    Malformed {
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+}
 
 /// What the gateway does with one connection.
 #[derive(Debug)]
 pub enum Route {
-    /// Close it, for this reason.
+    /// Close it (with a TLS alert when [`Refusal::tls_alert`] says so), for this reason.
     Refuse(Refusal),
     /// Relay the bytes raw to the original destination, replaying what was read.
     Splice(Splice),
     /// Terminate TLS with a forged certificate and re-encrypt upstream.
     Intercept(Intercept),
+    /// Terminate TLS with a forged certificate and answer every request with a 403 page: the
+    /// name is denied, and the programs we sandbox read that text.
+    Forbid(Forbid),
+    /// Serve plain HTTP, judging each request's Host.
+    PlainHttp,
 }
 
 /// Why a connection is refused; Display is the reason in its log line.
@@ -41,9 +62,17 @@ pub enum Refusal {
         /// Where it was going.
         dst: OrigDst,
     },
-    /// Not TLS, and plain TCP is refused.
-    #[error("not TLS ({reason}); refused (plain_tcp = \"refuse\")")]
-    NotTls {
+    /// The destination port is not one the gateway serves (its policy changed meanwhile).
+    #[error("port {port} is neither a TLS nor an HTTP port of this sandbox")]
+    UnknownPort {
+        /// The port.
+        port: u16,
+    },
+    /// Not the port's protocol, and plain TCP is refused.
+    #[error("not {expected} ({reason}); refused (plain_tcp = \"refuse\")")]
+    Unexpected {
+        /// `TLS` or `HTTP`.
+        expected: &'static str,
         /// What the first bytes looked like.
         reason: &'static str,
     },
@@ -59,6 +88,28 @@ pub enum Refusal {
         /// The SNI.
         sni: HostName,
     },
+    /// A bypassed name that the name rules deny.
+    #[error("name {sni} denied by {denial}")]
+    NameDenied {
+        /// The SNI.
+        sni: HostName,
+        /// Which rule.
+        denial: NameDenial,
+    },
+    /// TLS without SNI while `require_sni = true`.
+    #[error("TLS without SNI (require_sni = true)")]
+    NoSni,
+}
+
+impl Refusal {
+    /// The TLS alert the client gets before the close, if any: a client that sent a
+    /// ClientHello for a name it may not reach learns why at once.
+    pub fn tls_alert(&self) -> Option<u8> {
+        match self {
+            Refusal::NameDenied { .. } | Refusal::NoSni => Some(ALERT_ACCESS_DENIED),
+            _ => None,
+        }
+    }
 }
 
 /// Why a connection is spliced.
@@ -69,7 +120,7 @@ pub enum Splice {
         /// The pattern that matched.
         pattern: Pattern,
     },
-    /// Not TLS, and `plain_tcp = "relay"`.
+    /// Not the port's protocol, and `plain_tcp = "relay"`.
     PlainTcp,
 }
 
@@ -87,57 +138,60 @@ pub struct Intercept {
     pub verify: bool,
 }
 
-/// The parts of the configuration the decision reads.
-#[derive(Debug)]
-pub struct RoutePolicy {
-    /// Names spliced raw.
-    pub bypass: PatternSet,
-    /// What to do with non-TLS first bytes.
-    pub plain_tcp: PlainTcp,
-    /// Upstream connectors by name.
-    pub connectors: Connectors,
+/// A denied name, answered with a 403 page after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forbid {
+    /// The SNI (the forged certificate's name).
+    pub sni: HostName,
+    /// Which rule denies it.
+    pub denial: NameDenial,
 }
 
-impl RoutePolicy {
-    /// The policy of a `[tls]` section; builds (and so checks) every upstream connector.
-    ///
-    /// # Errors
-    /// [`UpstreamError`] naming a CA file that cannot be used.
-    pub fn from_config(
-        tls: &TlsConfig,
-        provider: &Arc<CryptoProvider>,
-    ) -> Result<RoutePolicy, UpstreamError> {
-        Ok(RoutePolicy {
-            bypass: PatternSet::new(tls.bypass.clone()),
-            plain_tcp: tls.plain_tcp,
-            connectors: Connectors::build(tls, provider)?,
-        })
-    }
-
+impl SandboxPolicy {
     /// The refusal a destination gets before any byte is read, if any.
     pub fn refuse_destination(&self, dst: OrigDst) -> Option<Refusal> {
-        dst.is_host_local().then_some(Refusal::HostLocal { dst })
+        if dst.is_host_local() {
+            return Some(Refusal::HostLocal { dst });
+        }
+        if self.port_kind(dst.0.port()).is_none() {
+            return Some(Refusal::UnknownPort { port: dst.0.port() });
+        }
+        None
     }
 
-    /// Decides what to do with a connection to `dst` whose first bytes parsed as `first`.
-    pub fn route(&self, dst: OrigDst, first: &Parsed) -> Route {
+    /// Decides what to do with a connection to `dst` whose first bytes were `first`.
+    pub fn route(&self, dst: OrigDst, first: &First) -> Route {
         if let Some(refusal) = self.refuse_destination(dst) {
             return Route::Refuse(refusal);
         }
         match first {
-            Parsed::Hello(hello) => self.route_tls(dst, hello),
-            Parsed::NotTls { reason } => match self.plain_tcp {
-                PlainTcp::Refuse => Route::Refuse(Refusal::NotTls { reason }),
-                PlainTcp::Relay => Route::Splice(Splice::PlainTcp),
-            },
-            Parsed::Malformed { reason } => Route::Refuse(Refusal::MalformedHello { reason }),
+            First::Hello(hello) => self.route_tls(dst, hello),
+            First::Http => Route::PlainHttp,
+            First::Other { reason } => self.route_other(dst, reason),
+            First::Malformed { reason } => Route::Refuse(Refusal::MalformedHello { reason }),
+        }
+    }
+
+    fn route_other(&self, dst: OrigDst, reason: &'static str) -> Route {
+        match self.tls.plain_tcp {
+            PlainTcp::Relay => Route::Splice(Splice::PlainTcp),
+            PlainTcp::Refuse => Route::Refuse(Refusal::Unexpected {
+                expected: match self.port_kind(dst.0.port()) {
+                    Some(PortKind::Http) => "HTTP",
+                    Some(PortKind::Tls) | None => "TLS",
+                },
+                reason,
+            }),
         }
     }
 
     fn route_tls(&self, dst: OrigDst, hello: &ClientHello) -> Route {
         let Some(sni) = &hello.sni else {
+            if self.config.require_sni {
+                return Route::Refuse(Refusal::NoSni);
+            }
             let ip = dst.0.ip();
-            let (connector, verify) = self.connectors.for_name(None);
+            let (connector, verify) = self.tls.connectors.for_name(None);
             return Route::Intercept(Intercept {
                 subject: Subject::Ip(ip),
                 server_name: PkiServerName::IpAddress(ip.into()),
@@ -145,7 +199,15 @@ impl RoutePolicy {
                 verify,
             });
         };
-        if let Some(pattern) = self.bypass.best_match(sni) {
+        let bypass = self.tls.bypass.best_match(sni);
+        if let Err(denial) = self.names.judge(sni) {
+            let sni = sni.clone();
+            return match bypass {
+                Some(_) => Route::Refuse(Refusal::NameDenied { sni, denial }),
+                None => Route::Forbid(Forbid { sni, denial }),
+            };
+        }
+        if let Some(pattern) = bypass {
             return Route::Splice(Splice::Bypass {
                 pattern: pattern.clone(),
             });
@@ -153,7 +215,7 @@ impl RoutePolicy {
         let Ok(server_name) = PkiServerName::try_from(sni.as_str().to_owned()) else {
             return Route::Refuse(Refusal::BadSni { sni: sni.clone() });
         };
-        let (connector, verify) = self.connectors.for_name(Some(sni));
+        let (connector, verify) = self.tls.connectors.for_name(Some(sni));
         Route::Intercept(Intercept {
             subject: Subject::Dns(sni.clone()),
             server_name,
@@ -170,19 +232,21 @@ mod tests {
     use gateway_proto::config::Config;
 
     use super::*;
+    use crate::policy::TlsPolicy;
 
-    fn policy(config: &str) -> RoutePolicy {
+    fn policy(config: &str) -> SandboxPolicy {
         let config = Config::parse(config, Path::new("test.toml")).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        RoutePolicy::from_config(&config.tls, &provider).unwrap()
+        let tls = Arc::new(TlsPolicy::new(&config.tls, &provider).unwrap());
+        SandboxPolicy::new(config.policy, tls)
     }
 
     fn dst(text: &str) -> OrigDst {
         OrigDst(text.parse().unwrap())
     }
 
-    fn hello(sni: Option<&str>) -> Parsed {
-        Parsed::Hello(ClientHello {
+    fn hello(sni: Option<&str>) -> First {
+        First::Hello(ClientHello {
             sni: sni.map(|name| HostName::parse(name).unwrap()),
             alpn: vec![b"h2".to_vec()],
             len: 100,
@@ -190,9 +254,10 @@ mod tests {
     }
 
     const UPSTREAM: &str = "198.51.100.7:443";
+    const HTTP_UPSTREAM: &str = "198.51.100.7:80";
 
     #[test]
-    fn host_local_destinations_are_refused_before_and_after_reading() {
+    fn host_local_and_unknown_ports_are_refused_before_reading() {
         let policy = policy("");
         for local in [
             "127.0.0.1:443",
@@ -211,7 +276,12 @@ mod tests {
                 "{local}"
             );
         }
+        assert_eq!(
+            policy.refuse_destination(dst("198.51.100.7:8443")),
+            Some(Refusal::UnknownPort { port: 8443 })
+        );
         assert_eq!(policy.refuse_destination(dst(UPSTREAM)), None);
+        assert_eq!(policy.refuse_destination(dst(HTTP_UPSTREAM)), None);
     }
 
     #[test]
@@ -229,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn a_hello_without_sni_is_intercepted_for_the_destination_address() {
+    fn a_hello_without_sni_is_judged_by_address_or_refused_when_sni_is_required() {
         let Route::Intercept(intercept) = policy("").route(dst(UPSTREAM), &hello(None)) else {
             panic!("not intercepted")
         };
@@ -238,6 +308,14 @@ mod tests {
             Subject::Ip("198.51.100.7".parse().unwrap())
         );
         assert_eq!(intercept.server_name.to_str(), "198.51.100.7");
+        let strict = policy("[policy]\nrequire_sni = true\nallow_hosts = [\"a.test\"]\n");
+        match strict.route(dst(UPSTREAM), &hello(None)) {
+            Route::Refuse(refusal) => {
+                assert_eq!(refusal, Refusal::NoSni);
+                assert_eq!(refusal.tls_alert(), Some(ALERT_ACCESS_DENIED));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -262,6 +340,44 @@ mod tests {
     }
 
     #[test]
+    fn denied_names_get_a_403_when_intercepted_and_an_alert_when_bypassed() {
+        let policy = policy(
+            "[tls]\nbypass = [\"*.bank.test\"]\n[policy]\ndeny_hosts = [\"*.evil.test\", \"x.bank.test\"]\n",
+        );
+        match policy.route(dst(UPSTREAM), &hello(Some("a.evil.test"))) {
+            Route::Forbid(forbid) => {
+                assert_eq!(forbid.sni.as_str(), "a.evil.test");
+                assert_eq!(forbid.denial.to_string(), "deny_hosts *.evil.test");
+            }
+            other => panic!("{other:?}"),
+        }
+        match policy.route(dst(UPSTREAM), &hello(Some("x.bank.test"))) {
+            Route::Refuse(refusal) => {
+                assert!(matches!(refusal, Refusal::NameDenied { .. }), "{refusal}");
+                assert_eq!(refusal.tls_alert(), Some(ALERT_ACCESS_DENIED));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            policy.route(dst(UPSTREAM), &hello(Some("y.bank.test"))),
+            Route::Splice(_)
+        ));
+    }
+
+    #[test]
+    fn allow_list_mode_forbids_every_other_name() {
+        let policy = policy("[policy]\nallow_hosts = [\"*.good.test\"]\n");
+        assert!(matches!(
+            policy.route(dst(UPSTREAM), &hello(Some("api.good.test"))),
+            Route::Intercept(_)
+        ));
+        match policy.route(dst(UPSTREAM), &hello(Some("other.test"))) {
+            Route::Forbid(forbid) => assert_eq!(forbid.denial, NameDenial::NotAllowed),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn upstream_rules_choose_the_connector() {
         let policy = policy("[[tls.upstream]]\npattern = \"*.lab.test\"\nverify = false\n");
         let verify = |name| match policy.route(dst(UPSTREAM), &hello(Some(name))) {
@@ -273,17 +389,31 @@ mod tests {
     }
 
     #[test]
-    fn plain_tcp_follows_the_setting_and_malformed_hellos_are_always_refused() {
-        let not_tls = Parsed::NotTls { reason: "plain" };
-        let malformed = Parsed::Malformed { reason: "bad" };
+    fn http_goes_to_the_http_path_and_other_bytes_follow_plain_tcp() {
+        let other = First::Other { reason: "plain" };
+        let malformed = First::Malformed { reason: "bad" };
         let refuse = policy("");
         let relay = policy("[tls]\nplain_tcp = \"relay\"\n");
         assert!(matches!(
-            refuse.route(dst(UPSTREAM), &not_tls),
-            Route::Refuse(Refusal::NotTls { reason: "plain" })
+            refuse.route(dst(HTTP_UPSTREAM), &First::Http),
+            Route::PlainHttp
+        ));
+        match refuse.route(dst(HTTP_UPSTREAM), &other) {
+            Route::Refuse(refusal) => assert_eq!(
+                refusal.to_string(),
+                "not HTTP (plain); refused (plain_tcp = \"refuse\")"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            refuse.route(dst(UPSTREAM), &other),
+            Route::Refuse(Refusal::Unexpected {
+                expected: "TLS",
+                ..
+            })
         ));
         assert!(matches!(
-            relay.route(dst(UPSTREAM), &not_tls),
+            relay.route(dst(UPSTREAM), &other),
             Route::Splice(Splice::PlainTcp)
         ));
         for policy in [&refuse, &relay] {

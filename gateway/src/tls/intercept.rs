@@ -17,7 +17,10 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::{TlsContext, certs::CertError};
+use super::{
+    TlsContext,
+    certs::{CertError, Subject},
+};
 use crate::{
     net::{DialError, OrigDst, dial},
     policy::route::Intercept,
@@ -125,12 +128,30 @@ pub async fn intercept(
     facts.alpn = alpn
         .as_deref()
         .map(|p| String::from_utf8_lossy(p).into_owned());
+    let client_tls = accept_client(
+        client,
+        prefix,
+        &route.subject,
+        alpn.as_deref(),
+        tls,
+        timeouts,
+    )
+    .await?;
+    Ok(relay(client_tls, upstream, timeouts.idle).await?)
+}
 
-    let server_config = match tls
-        .certs
-        .server_config(&route.subject, alpn.as_deref())
-        .await
-    {
+/// Completes the client's handshake with a certificate forged for `subject`, offering `alpn`
+/// (the protocol chosen for the client; `None` for no ALPN). A certificate that cannot be made
+/// gets the client an alert.
+pub async fn accept_client(
+    mut client: TcpStream,
+    prefix: Vec<u8>,
+    subject: &Subject,
+    alpn: Option<&[u8]>,
+    tls: &TlsContext,
+    timeouts: Timeouts,
+) -> Result<ClientTls, InterceptError> {
+    let server_config = match tls.certs.server_config(subject, alpn).await {
         Ok(config) => config,
         Err(err) => {
             send_alert(&mut client, ALERT_INTERNAL_ERROR).await;
@@ -138,17 +159,28 @@ pub async fn intercept(
         }
     };
     let accept = TlsAcceptor::from(server_config).accept(Rewind::new(prefix, client));
-    let client_tls = tokio::time::timeout(timeouts.hello, accept)
+    tokio::time::timeout(timeouts.hello, accept)
         .await
         .map_err(|_| InterceptError::ClientTlsTimeout {
             timeout: timeouts.hello,
         })?
-        .map_err(InterceptError::ClientTls)?;
-    Ok(relay(client_tls, upstream, timeouts.idle).await?)
+        .map_err(InterceptError::ClientTls)
+}
+
+/// The client side of an interception, after the handshake.
+pub type ClientTls = tokio_rustls::server::TlsStream<Rewind<TcpStream>>;
+
+/// The protocol to offer a client when no upstream chose one (a denied name is answered by
+/// the gateway itself): HTTP/2 when the client offers it, else HTTP/1.1 when offered, else
+/// none.
+pub fn own_alpn(offer: &[Vec<u8>]) -> Option<&'static [u8]> {
+    [b"h2".as_slice(), b"http/1.1".as_slice()]
+        .into_iter()
+        .find(|protocol| offer.iter().any(|offered| offered == protocol))
 }
 
 /// Sends a fatal TLS alert in a plaintext record (valid before the server's first flight).
-async fn send_alert(client: &mut TcpStream, description: u8) {
+pub async fn send_alert(client: &mut TcpStream, description: u8) {
     let record = [21, 3, 3, 0, 2, 2, description];
     let _ = client.write_all(&record).await;
     let _ = client.shutdown().await;
@@ -222,6 +254,15 @@ mod tests {
     use tokio::io::AsyncReadExt as _;
 
     use super::*;
+
+    #[test]
+    fn own_alpn_prefers_h2() {
+        let offer = |protocols: &[&[u8]]| protocols.iter().map(|p| p.to_vec()).collect::<Vec<_>>();
+        assert_eq!(own_alpn(&offer(&[b"http/1.1", b"h2"])), Some(&b"h2"[..]));
+        assert_eq!(own_alpn(&offer(&[b"http/1.1"])), Some(&b"http/1.1"[..]));
+        assert_eq!(own_alpn(&offer(&[b"spdy/3"])), None);
+        assert_eq!(own_alpn(&[]), None);
+    }
 
     #[tokio::test]
     async fn rewind_replays_then_reads() {
