@@ -378,15 +378,22 @@ fn udp_is_refused_but_dns_to_the_resolvers_and_raw_sockets_never_made() {
     );
     assert_eperm(&env.probe(&["udp", &v4, "5353"]), "another UDP port");
 
-    // Outside the sandbox root may make these sockets; inside, the program refuses them.
-    let outside = run(&mut cmd(
-        "python3",
-        [py_script("probe.py").to_str().unwrap(), "socket", "raw"],
-    ))
-    .unwrap();
-    assert_eq!(json(&String::from_utf8_lossy(&outside.stdout))["ok"], true);
-    for kind in ["raw", "ping", "ping6", "sctp"] {
-        assert_eperm(&env.probe(&["socket", kind]), kind);
+    // In a namespace where every group may ping, outside the sandbox these sockets can be
+    // made; inside, the program refuses them.
+    let ns = NetNs::new("gwp").unwrap();
+    run(&mut ns.exec("sysctl", ["-qw", "net.ipv4.ping_group_range=0 2147483647"])).unwrap();
+    let probe = py_script("probe.py");
+    for kind in ["raw", "ping", "ping6"] {
+        let outside =
+            run(&mut ns.exec("python3", [probe.to_str().unwrap(), "socket", kind])).unwrap();
+        assert_eq!(
+            json(&String::from_utf8_lossy(&outside.stdout))["ok"],
+            true,
+            "{kind} outside the sandbox"
+        );
+        let mut inside = cmd("python3", [probe.to_str().unwrap(), "socket", kind]);
+        let inside = env.cgroup.output(Some(&ns), &mut inside).unwrap();
+        assert_eperm(&json(&stdout_ok(&inside).unwrap()), kind);
     }
     let line = daemon
         .wait_for("a socket refusal", Duration::from_secs(10), |v| {
@@ -481,7 +488,8 @@ fn allow_list_mode_forbids_other_names_and_denied_bypass_names_get_an_alert() {
     let site = names_site(&env);
     let mut daemon = env.daemon(
         ",allow-host=allowed.test,allow-host=*.bank.test",
-        "[tls]\nbypass = [\"*.bank.test\"]\n[policy]\ndeny_hosts = [\"pay.bank.test\"]\n",
+        // Appended to the [tls] table of the trusted config.
+        "bypass = [\"*.bank.test\"]\n[policy]\ndeny_hosts = [\"pay.bank.test\"]\n",
     );
     let ip = site.host.v4.into();
     let ok = env.run(&mut curl(
@@ -571,7 +579,7 @@ fn plain_http_goes_through_the_gateway_with_keep_alive_chunks_and_websockets() {
     assert!(
         bodies
             .iter()
-            .all(|b| b["host"] == "plain.test:80" && b["conn"] == bodies[0]["conn"]),
+            .all(|b| b["host"] == "plain.test" && b["conn"] == bodies[0]["conn"]),
         "{text}"
     );
     let connects: Vec<&str> = text

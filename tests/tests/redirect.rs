@@ -180,14 +180,25 @@ fn parallel_connections_reach_their_own_destinations() {
 }
 
 #[test]
-fn outside_processes_and_other_ports_are_untouched() {
-    let (pki, site, cgroup, daemon) = one_site_one_sandbox();
+fn outside_processes_and_allowed_ports_are_untouched() {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let site = Site::start(&pki, "up-a.test", &["up-a.test"]).unwrap();
+    let cgroup = SandboxCgroup::new().unwrap();
+    let daemon = Daemon::builder()
+        .sandbox(format!(
+            "{},allow-tcp-port=8443",
+            sandbox_spec(&cgroup, None)
+        ))
+        .config(&pki.trusted_config())
+        .start()
+        .unwrap();
 
     // Not in the cgroup: reaches the upstream directly.
     let body = json(&stdout_ok(&curl(&pki.ca_file(), &site, false).output().unwrap()).unwrap());
     assert_eq!(body["name"], "up-a.test");
 
-    // In the cgroup, to a port that is not intercepted.
+    // In the cgroup, to a port that is not intercepted but allowed: direct, not redirected.
     let url = format!("http://{}/", site.socket(false, 8443));
     let mut plain = cmd("curl", ["-sS", "--fail", "--max-time", "15", &url]);
     let body = json(&stdout_ok(&cgroup.output(None, &mut plain).unwrap()).unwrap());
@@ -264,19 +275,26 @@ fn dialling_the_listener_directly_is_refused() {
     client.args(["connect", "127.0.0.1", &port.to_string()]);
     let result = json(&stdout_ok(&cgroup.output(None, &mut client).unwrap()).unwrap());
     assert_eq!(
-        result["received"], "",
-        "the listener answered a direct dial: {result}"
+        result["connected"], false,
+        "the listener was reached: {result}"
+    );
+    assert!(
+        result["error"]
+            .as_str()
+            .unwrap()
+            .contains("Operation not permitted"),
+        "{result}"
     );
 
+    // Refused at connect(), as the host's loopback: the listener never saw it.
+    let destination = format!("127.0.0.1:{port}");
     let line = daemon
-        .wait_for("a refused connection", Duration::from_secs(10), |v| {
-            v["message"] == "connection failed"
+        .wait_for("the refusal", Duration::from_secs(10), |v| {
+            v["message"] == "refused by policy" && v["destination"] == destination.as_str()
         })
         .unwrap();
-    assert!(
-        line["error"].as_str().unwrap().contains("not redirected"),
-        "{line}"
-    );
+    assert_eq!(line["rule"], "deny 127.0.0.0/8 (built in: loopback)");
+    assert!(daemon.messages("connection failed").is_empty());
 }
 
 #[test]
@@ -291,7 +309,7 @@ fn sandbox_traffic_fails_closed_when_the_daemon_dies() {
 
     daemon.crash().unwrap();
     assert!(
-        daemon.pin_dir().join("links").read_dir().unwrap().count() == 3,
+        daemon.pin_dir().join("links").read_dir().unwrap().count() == 6,
         "links must stay pinned"
     );
     let after = cgroup
