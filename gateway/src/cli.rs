@@ -44,13 +44,16 @@ pub enum Command {
     /// Run the gateway daemon for one or more sandbox cgroups.
     Run(RunArgs),
     /// Run a command in a transient sandbox whose HTTPS goes through the gateway.
-    Exec(ExecArgs),
+    Exec(Box<ExecArgs>),
     /// The gateway's local CA (created on first use).
     #[command(subcommand)]
     Ca(CaCommand),
     /// The configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// exec's single-threaded helper (namespaces, privileges, PID 1); started by exec only.
+    #[command(name = crate::exec::init::SUBCOMMAND, hide = true)]
+    ExecInit(crate::exec::init::InitArgs),
 }
 
 /// `gateway ca ...`.
@@ -117,6 +120,10 @@ pub struct ExecArgs {
     pub netns: Option<NetnsMode>,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// Run the command as USER (name or uid), with GROUP as its primary group. Default: the
+    /// user who invoked sudo (SUDO_UID/SUDO_GID), else root without capabilities.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<crate::exec::user::UserSpec>,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// The command to run and its arguments.
@@ -252,6 +259,24 @@ mod tests {
             args.command,
             ["curl", "-k", "https://x"].map(OsString::from)
         );
+    }
+
+    #[test]
+    fn exec_takes_a_user_and_group() {
+        use crate::exec::user::{Principal, UserSpec};
+        let cli =
+            Cli::try_parse_from(["gateway", "exec", "--user", "nobody:65534", "--", "id"]).unwrap();
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec")
+        };
+        assert_eq!(
+            args.user,
+            Some(UserSpec {
+                user: Principal::Name("nobody".into()),
+                group: Some(Principal::Id(65534)),
+            })
+        );
+        assert!(Cli::try_parse_from(["gateway", "exec", "--user", "", "--", "id"]).is_err());
     }
 
     #[test]

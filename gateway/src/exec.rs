@@ -1,28 +1,51 @@
 //! `gateway exec`: run one command in a transient sandbox whose HTTPS goes through an in-process
-//! gateway, and remove everything created when it exits.
+//! gateway, confined so that it cannot leave, and remove everything created when it exits.
+//!
+//! The command is hostile and may be uid 0. exec creates the sandbox (cgroup, optional netns,
+//! the engine with its programs attached, the trust material) and starts the single-threaded
+//! helper `gateway __exec-init` inside the cgroup and netns ([`init`]); the helper gives the
+//! command private mount, cgroup and PID namespaces, read-only cgroup2, the distribution's
+//! bundle paths holding the gateway CA, and the target user without capabilities.
+//!
+//! Lifetimes chain with PR_SET_PDEATHSIG: exec → helper → PID 1 of the namespace → everything
+//! in it. So `kill -9` of exec takes the whole sandbox down; the cgroup such an exec leaves
+//! behind is removed by the next one ([`remove_stale_exec_cgroups`]).
+
+pub mod init;
+mod mounts;
+mod pid1;
+mod privileges;
+pub mod trust;
+pub mod user;
 
 use std::{
     ffi::OsString,
-    fs,
-    io::Write as _,
-    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
-    path::{Path, PathBuf},
+    os::unix::process::{CommandExt as _, ExitStatusExt as _},
     process::Command,
 };
 
+use clap::ValueEnum as _;
 use gateway_proto::config::PolicyOverrides;
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
+use self::{
+    trust::{TrustBundle, TrustError},
+    user::{Identity, SudoEnv, UserError, UserSpec},
+};
 use crate::{
+    cli::LogFormat,
     engine::{Engine, EngineError, EngineOptions},
     process::{self, ProcessError, Signals},
     sandbox::{
         Confinement,
-        cgroup::{CgroupError, TransientCgroup},
+        cgroup::{CgroupError, TransientCgroup, exec_cgroup_name, remove_stale_exec_cgroups},
         netns::{NetNs, NetNsError},
     },
 };
+
+/// The helper is this very binary.
+const SELF_EXE: &str = "/proc/self/exe";
 
 /// Errors of `gateway exec` (the command's own failure is its exit code, not an error).
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +53,9 @@ pub enum ExecError {
     /// Not root, or no signal handling.
     #[error(transparent)]
     Process(#[from] ProcessError),
+    /// The user to run the command as could not be determined.
+    #[error(transparent)]
+    User(#[from] UserError),
     /// The transient cgroup could not be created, used or removed.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
@@ -39,30 +65,28 @@ pub enum ExecError {
     /// The gateway engine could not be set up for the sandbox.
     #[error(transparent)]
     Engine(#[from] EngineError),
-    /// The command could not be started.
-    #[error("starting {program:?}: {source}")]
+    /// The trust material for the command could not be written.
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// The helper could not be started.
+    #[error("starting the exec helper ({SELF_EXE} {}): {source}", init::SUBCOMMAND)]
     Spawn {
-        program: OsString,
         #[source]
         source: std::io::Error,
     },
-    /// Waiting for the command failed.
-    #[error("waiting for {program:?}: {source}")]
+    /// Waiting for the helper failed.
+    #[error("waiting for the exec helper: {source}")]
     Wait {
-        program: OsString,
         #[source]
         source: std::io::Error,
     },
-    /// The trust bundle for the command could not be written.
-    #[error("writing the trust bundle {path}: {source}")]
-    Bundle {
-        path: PathBuf,
+    /// A blocking task (user lookup, trust material, cleanup) did not finish.
+    #[error("{task}: {source}")]
+    Task {
+        task: &'static str,
         #[source]
-        source: std::io::Error,
+        source: tokio::task::JoinError,
     },
-    /// Removing the transient cgroup did not finish (its task failed).
-    #[error("cleaning up the transient cgroup: {0}")]
-    Cleanup(#[source] tokio::task::JoinError),
 }
 
 /// Options of `gateway exec`.
@@ -74,6 +98,10 @@ pub struct ExecOptions {
     pub policy: PolicyOverrides,
     /// Engine tunables.
     pub engine: EngineOptions,
+    /// `--user`: who the command runs as, instead of the sudo invoker or root.
+    pub user: Option<UserSpec>,
+    /// The log format, passed on to the helper.
+    pub log_format: LogFormat,
     /// The command and its arguments (at least the program).
     pub command: Vec<OsString>,
 }
@@ -83,71 +111,112 @@ pub async fn exec(options: ExecOptions) -> Result<i32, ExecError> {
     process::require_root()?;
     process::raise_nofile_limit();
     let mut signals = Signals::new()?;
-    let name = format!("gateway-exec-{}", std::process::id());
+    blocking("removing what killed execs left", remove_leftovers).await?;
+    let spec = options.user.clone();
+    let identity = blocking("looking up the user", move || {
+        Identity::resolve(spec.as_ref(), &SudoEnv::from_env())
+    })
+    .await??;
+    let name = exec_cgroup_name(std::process::id());
     let cgroup = TransientCgroup::create(&name)?;
-    let status = run_in_sandbox(&name, &cgroup, &options, &mut signals).await;
+    let mut trust = None;
+    let status = run_in_sandbox(
+        &name,
+        &cgroup,
+        &identity,
+        &options,
+        &mut signals,
+        &mut trust,
+    )
+    .await;
     // Removal kills leftovers and polls until they have exited: kept off the runtime, and done
     // whether or not the command ran.
-    let removed = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+    let removed = blocking("cleaning up the transient cgroup", move || {
+        drop(trust);
+        cgroup.remove()
+    })
+    .await;
     let code = status?;
-    removed.map_err(ExecError::Cleanup)??;
+    removed??;
     Ok(code)
 }
 
-/// Everything between creating the cgroup and removing it.
+/// Cgroups and trust directories of execs that were killed before they could clean up.
+fn remove_leftovers() {
+    if let Err(err) = remove_stale_exec_cgroups() {
+        warn!(error = %err, "could not look for cgroups left by killed execs");
+    }
+    trust::remove_stale();
+}
+
+/// Runs `f` on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    task: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ExecError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| ExecError::Task { task, source })
+}
+
+/// Everything between creating the cgroup and removing it. The trust material goes into
+/// `trust`, for the caller to remove off the runtime whatever happens here.
 async fn run_in_sandbox(
     name: &str,
     cgroup: &TransientCgroup,
+    identity: &Identity,
     options: &ExecOptions,
     signals: &mut Signals,
+    trust: &mut Option<TrustBundle>,
 ) -> Result<i32, ExecError> {
     let netns = options
         .new_netns
         .then(|| NetNs::new_isolated(name))
         .transpose()?;
     let mut engine = Engine::new(None, options.engine.clone())?;
-    let bundle = TrustBundle::write(name, engine.ca_pem())?;
+    let (name, ca_pem) = (name.to_string(), engine.ca_pem().to_string());
+    let bundle = trust.insert(
+        blocking("writing the trust bundle", move || {
+            TrustBundle::prepare(&name, &ca_pem)
+        })
+        .await??,
+    );
     let sandbox = engine.add_sandbox(cgroup.cgroup(), netns.as_ref(), &options.policy)?;
     info!(
         sandbox = %sandbox.id, cgroup = %cgroup.cgroup().path().display(),
         netns = netns.as_ref().map(NetNs::label).unwrap_or("host"),
         listener_port = sandbox.listener_port, tls_ports = %sandbox.tls_ports,
         http_ports = %sandbox.http_ports,
+        uid = identity.uid.as_raw(), user = %identity.name,
         "sandbox ready"
     );
-    let status = run_child(&options.command, cgroup, netns.as_ref(), &bundle, signals).await;
+    let status = run_helper(options, cgroup, netns.as_ref(), identity, bundle, signals).await;
     let counters = engine.shutdown(options.engine.drain_timeout).await;
     info!(counters, "sandbox done");
     status
 }
 
-async fn run_child(
-    command: &[OsString],
+/// Starts the helper confined to the sandbox and waits for it, passing SIGINT and SIGTERM on.
+async fn run_helper(
+    options: &ExecOptions,
     cgroup: &TransientCgroup,
     netns: Option<&NetNs>,
-    bundle: &TrustBundle,
+    identity: &Identity,
+    trust: &TrustBundle,
     signals: &mut Signals,
 ) -> Result<i32, ExecError> {
-    let program = command.first().cloned().unwrap_or_default();
     let confinement = Confinement::new(cgroup.cgroup(), netns)?.die_with_parent();
-    let mut std_command = Command::new(&program);
-    std_command.args(&command[1..]);
-    for var in TRUST_VARS {
-        std_command.env(var, &bundle.path);
-    }
-    confinement.apply(&mut std_command);
-    let mut child = tokio::process::Command::from(std_command)
+    let mut command = helper_command(options, identity, trust);
+    confinement.apply(&mut command);
+    let mut child = tokio::process::Command::from(command)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| ExecError::Spawn {
-            program: program.clone(),
-            source,
-        })?;
+        .map_err(|source| ExecError::Spawn { source })?;
     drop(confinement);
     let pid = child.id().map(|id| Pid::from_raw(id as i32));
     let status = loop {
         tokio::select! {
-            status = child.wait() => break status.map_err(|source| ExecError::Wait { program: program.clone(), source })?,
+            status = child.wait() => break status.map_err(|source| ExecError::Wait { source })?,
             signal = signals.recv() => {
                 if let Some(pid) = pid {
                     warn!(signal = %signal, "forwarding signal to the command");
@@ -158,14 +227,13 @@ async fn run_child(
             }
         }
     };
-    use std::os::unix::process::ExitStatusExt;
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 /// Environment variables through which common TLS stacks (OpenSSL, curl, Python requests,
-/// Node.js) pick up the trust bundle.
+/// Node.js) pick up the trust bundle; the rest read the distribution paths the helper covers.
 const TRUST_VARS: [&str; 4] = [
     "SSL_CERT_FILE",
     "CURL_CA_BUNDLE",
@@ -173,64 +241,33 @@ const TRUST_VARS: [&str; 4] = [
     "NODE_EXTRA_CA_CERTS",
 ];
 
-/// Where Debian, Fedora and Alpine-likes keep the system's trusted roots.
-const SYSTEM_BUNDLES: [&str; 3] = [
-    "/etc/ssl/certs/ca-certificates.crt",
-    "/etc/pki/tls/certs/ca-bundle.crt",
-    "/etc/ssl/cert.pem",
-];
-
-/// System roots plus the gateway CA, in a file removed when the command is done.
-#[derive(Debug)]
-struct TrustBundle {
-    dir: PathBuf,
-    path: PathBuf,
-}
-
-impl TrustBundle {
-    fn write(name: &str, ca_pem: &str) -> Result<Self, ExecError> {
-        let dir = std::env::temp_dir().join(name);
-        let bundle_err = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| ExecError::Bundle { path, source }
-        };
-        fs::DirBuilder::new()
-            .mode(0o755)
-            .create(&dir)
-            .map_err(bundle_err(&dir))?;
-        let bundle = TrustBundle {
-            path: dir.join("ca-bundle.pem"),
-            dir,
-        };
-        let mut contents = match SYSTEM_BUNDLES
-            .iter()
-            .find_map(|p| fs::read_to_string(p).ok())
-        {
-            Some(system) => system,
-            None => {
-                warn!("no system CA bundle found; the command trusts only the gateway CA");
-                String::new()
-            }
-        };
-        if !contents.is_empty() && !contents.ends_with('\n') {
-            contents.push('\n');
-        }
-        contents.push_str(ca_pem);
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&bundle.path)
-            .map_err(bundle_err(&bundle.path))?;
-        file.write_all(contents.as_bytes())
-            .map_err(bundle_err(&bundle.path))?;
-        Ok(bundle)
+/// `gateway [--log-format F] __exec-init --uid U --gid G [--groups ...] --trust-dir D -- CMD...`
+/// with the command's environment: the helper passes its own on unchanged.
+fn helper_command(options: &ExecOptions, identity: &Identity, trust: &TrustBundle) -> Command {
+    let mut command = Command::new(SELF_EXE);
+    command.arg0("gateway");
+    if let Some(format) = options.log_format.to_possible_value() {
+        command.args(["--log-format", format.get_name()]);
     }
-}
-
-impl Drop for TrustBundle {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-        let _ = fs::remove_dir(&self.dir);
+    command
+        .arg(init::SUBCOMMAND)
+        .args(["--uid", &identity.uid.to_string()])
+        .args(["--gid", &identity.gid.to_string()]);
+    if !identity.groups.is_empty() {
+        let groups: Vec<String> = identity.groups.iter().map(ToString::to_string).collect();
+        command.args(["--groups", &groups.join(",")]);
     }
+    command
+        .arg("--trust-dir")
+        .arg(trust.dir())
+        .arg("--")
+        .args(&options.command);
+    command
+        .env("HOME", &identity.home)
+        .env("USER", &identity.name)
+        .env("LOGNAME", &identity.name);
+    for var in TRUST_VARS {
+        command.env(var, trust.bundle());
+    }
+    command
 }

@@ -29,9 +29,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    if let Command::Config(command) = &cli.command {
-        return Ok(config_command(command));
-    }
+    let log_format = cli.log_format;
+    let cli = match cli.command {
+        Command::Config(command) => return Ok(config_command(&command)),
+        // Before anything starts a thread: the helper forks.
+        Command::ExecInit(args) => return Ok(exit_code(exec::init::run(args)?)),
+        command => Cli { command, ..cli },
+    };
     let config = match cli.config.as_deref() {
         Some(path) => Config::load(path)?,
         None => Config::default(),
@@ -39,7 +43,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|err| anyhow!("starting the async runtime: {err}"))?;
     match cli.command {
-        Command::Config(_) => unreachable!("handled above"),
+        Command::Config(_) | Command::ExecInit(_) => unreachable!("handled above"),
         Command::Ca(command) => {
             let home = gateway_home();
             let ca = config.tls.ca();
@@ -68,12 +72,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .overrides()
                     .map_err(|err| anyhow!("--port/--http-port: {err}"))?,
                 engine: engine(&args.engine, &config),
+                user: args.user,
+                log_format,
                 command: args.command,
             };
-            let code = runtime.block_on(exec::exec(options))?;
-            Ok(ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX)))
+            Ok(exit_code(runtime.block_on(exec::exec(options))?))
         }
     }
+}
+
+/// A command's exit code as this process's (codes outside 0..=255 saturate).
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
 }
 
 /// `gateway config check|default`: works without root and without a runtime.

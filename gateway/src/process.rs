@@ -116,6 +116,24 @@ pub fn raise_nofile_limit() -> u64 {
     }
 }
 
+/// Whether `pid` is a live (not zombie) process running the same program as this one, judged
+/// by its command name: what tells the leftovers of a killed `gateway exec` (named after its
+/// pid) from those of one still running. The name, not the executable's inode, so that an exec
+/// started before an upgrade of the binary still counts as running.
+pub fn is_running_gateway(pid: u32) -> bool {
+    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    let live = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which may itself contain ") ".
+        !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim_start().chars().next()),
+            Some('Z' | 'X') | None
+        )
+    });
+    live && comm(&pid.to_string())
+        .is_some_and(|theirs| comm("self").is_some_and(|ours| theirs == ours))
+}
+
 /// Gives memory back to the system once a load has passed: the allocator keeps freed memory
 /// of thousands of closed connections otherwise, and the daemon's RSS would stay at its peak.
 #[derive(Debug, Default)]

@@ -2,6 +2,7 @@
 //! to intercepted ports are redirected through the gateway.
 
 pub mod cgroup;
+pub mod mountinfo;
 pub mod netns;
 
 use std::{

@@ -8,6 +8,8 @@ GET /ws          -> a WebSocket handshake, then every frame echoed back
 POST /sha256     -> JSON {"sha256", "length", "chunked"} of the request body (Content-Length or
                     chunked)
 --udp ADDR:PORT  -> a UDP service answering each datagram with "echo:" + the datagram
+GET /PATH        -> with --static DIR, the file DIR/PATH when there is one (query ignored), e.g.
+                    a bare git repository for git's dumb HTTP protocol
 
 Prints "READY" on stdout once every listener is bound. Runs until killed.
 """
@@ -16,6 +18,7 @@ import base64
 import hashlib
 import http.server
 import json
+import os
 import random
 import socket
 import ssl
@@ -23,11 +26,13 @@ import sys
 import struct
 import threading
 import time
+import urllib.parse
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_name_label = "upstream"
+    static_dir = None
     connections = 0
     lock = threading.Lock()
 
@@ -47,7 +52,23 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _static_file(self):
+        """The file under --static the request path names, or None."""
+        if self.static_dir is None:
+            return None
+        root = os.path.realpath(self.static_dir)
+        relative = urllib.parse.unquote(self.path.split("?", 1)[0]).lstrip("/")
+        path = os.path.realpath(os.path.join(root, relative))
+        if not path.startswith(root + os.sep) or not os.path.isfile(path):
+            return None
+        return path
+
     def do_GET(self):
+        static = self._static_file()
+        if static is not None:
+            with open(static, "rb") as f:
+                self._send(200, f.read(), "application/octet-stream")
+            return
         if self.path == "/reset":
             # Promise 1 MiB, send 64 KiB, then reset the connection.
             self.send_response(200)
@@ -214,11 +235,11 @@ def udp_echo(listen):
     return thread
 
 
-def serve(listen, context, name):
+def serve(listen, context, name, static_dir=None):
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    handler = type("H", (Handler,), {"server_name_label": name})
+    handler = type("H", (Handler,), {"server_name_label": name, "static_dir": static_dir})
     server_cls = type("S", (Server,), {"address_family": family})
     server = server_cls((host, int(port)), handler)
     if context is not None:
@@ -238,6 +259,7 @@ def main():
     parser.add_argument("--tls12-only", action="store_true", help="refuse TLS 1.3")
     parser.add_argument("--blackhole", action="append", default=[], help="ADDR:PORT that accepts and never answers")
     parser.add_argument("--udp", action="append", default=[], help="ADDR:PORT answering datagrams")
+    parser.add_argument("--static", metavar="DIR", help="also serve the files under DIR (GET only)")
     args = parser.parse_args()
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -245,8 +267,8 @@ def main():
     context.set_alpn_protocols(["http/1.1"])
     if args.tls12_only:
         context.maximum_version = ssl.TLSVersion.TLSv1_2
-    threads = [serve(listen, context, args.name) for listen in args.listen or []]
-    threads += [serve(listen, None, args.name) for listen in args.plain]
+    threads = [serve(listen, context, args.name, args.static) for listen in args.listen or []]
+    threads += [serve(listen, None, args.name, args.static) for listen in args.plain]
     threads += [blackhole(listen) for listen in args.blackhole]
     threads += [udp_echo(listen) for listen in args.udp]
     print("READY", flush=True)

@@ -140,38 +140,44 @@ fn exec_with_new_netns_still_reaches_upstream() {
 fn exec_returns_the_exit_code_and_kills_leftover_processes() {
     require_root().unwrap();
     let before = bpffs_entries();
-    // A background process that would outlive the command must not outlive the sandbox.
+    // A background process that would outlive the command must not outlive the sandbox. The
+    // command runs in its own PID namespace, so `$!` is no host pid: a duration no other test
+    // uses marks the sleep instead.
+    let duration = format!("600.{}", std::process::id());
     let home = home(None);
     let (output, pid) = gateway_exec(
         home.path(),
         &[],
-        &["sh", "-c", "sleep 600 & echo $!; exit 7"],
+        &["sh", "-c", &format!("sleep {duration} & exit 7")],
     );
     assert_eq!(output.status.code(), Some(7), "{output:?}");
-    let sleeper: u32 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(!is_alive(sleeper), "background process {sleeper} survived");
+    assert!(
+        !sleep_is_alive(&duration),
+        "background process `sleep {duration}` survived"
+    );
     assert_nothing_left(pid, &before);
 }
 
-/// Whether `pid` runs; a zombie awaiting its reaper counts as dead. Polls briefly, because the
-/// kill is asynchronous.
-fn is_alive(pid: u32) -> bool {
-    for _ in 0..100 {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => return false,
-            Ok(stat)
-                if stat
-                    .rsplit(')')
+/// Whether a `sleep DURATION` process runs; a zombie awaiting its reaper counts as dead. Polls
+/// briefly, because the kill is asynchronous.
+fn sleep_is_alive(duration: &str) -> bool {
+    let argv = format!("sleep\0{duration}\0");
+    let running = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let zombie = std::fs::read_to_string(entry.path().join("stat")).is_ok_and(|stat| {
+                stat.rsplit(')')
                     .next()
-                    .is_some_and(|rest| rest.trim_start().starts_with('Z')) =>
-            {
-                return false;
-            }
-            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                    .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+            });
+            cmdline == argv.as_bytes() && !zombie
+        })
+    };
+    for _ in 0..100 {
+        if !running() {
+            return false;
         }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     true
 }

@@ -9,6 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tracing::{info, warn};
+
+use super::mountinfo::{self, Mount};
+use crate::process;
+
 /// `statfs` magic of cgroup v2.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
@@ -48,44 +53,16 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupErro
 /// Where the cgroup v2 hierarchy is mounted (e.g. /sys/fs/cgroup or, on hybrid hosts,
 /// /sys/fs/cgroup/unified).
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let path = Path::new("/proc/self/mountinfo");
-    let text = fs::read_to_string(path).map_err(io_err("read", path))?;
-    mount_point_of(&text, "cgroup2").ok_or(CgroupError::NoCgroup2)
+    let mounts = mountinfo::read().map_err(io_err("read", Path::new(mountinfo::MOUNTINFO)))?;
+    mount_point_of(&mounts, "cgroup2").ok_or(CgroupError::NoCgroup2)
 }
 
-/// The mount point of the first filesystem of type `fstype` in mountinfo text.
-fn mount_point_of(mountinfo: &str, fstype: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // Fields: id parent major:minor root mount-point options [optional...] - type source ...
-        let (left, right) = line.split_once(" - ")?;
-        (right.split_whitespace().next()? == fstype)
-            .then(|| left.split_whitespace().nth(4).map(unescape_octal))
-            .flatten()
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_octal(field: &str) -> PathBuf {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| u8::from_str_radix(d, 8).ok());
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(String::from_utf8_lossy(&out).into_owned())
+/// The mount point of the first filesystem of type `fstype`.
+fn mount_point_of(mounts: &[Mount], fstype: &str) -> Option<PathBuf> {
+    mounts
+        .iter()
+        .find(|mount| mount.fstype == fstype)
+        .map(|mount| mount.point.clone())
 }
 
 /// The cgroup v2 directory this process is in.
@@ -239,6 +216,75 @@ fn remove_cgroup(cgroup: Cgroup) -> Result<(), CgroupError> {
     fs::remove_dir(&path).map_err(io_err("remove", &path))
 }
 
+/// Transient cgroups of `gateway exec` are named after the exec process: `gateway-exec-<pid>`.
+const EXEC_CGROUP_PREFIX: &str = "gateway-exec-";
+
+/// The name of the transient cgroup of the exec process `pid`.
+pub fn exec_cgroup_name(pid: u32) -> String {
+    format!("{EXEC_CGROUP_PREFIX}{pid}")
+}
+
+/// The exec pid a transient cgroup (or trust bundle directory) name carries, if it is one.
+pub fn exec_cgroup_pid(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix(EXEC_CGROUP_PREFIX)?;
+    // Digits only: `parse` would also take "+12".
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Whether the leftovers named after exec `pid` belong to no running exec. This process's own
+/// pid counts as gone: whatever carries it was left by an earlier process with the same pid,
+/// since this one has not created its own yet.
+pub fn exec_is_gone(pid: u32) -> bool {
+    pid == std::process::id() || !process::is_running_gateway(pid)
+}
+
+/// Removes the transient cgroups of exec processes that died without cleaning up (`kill -9`):
+/// every `gateway-exec-<pid>` directory under the cgroup2 mount whose pid is not a running
+/// gateway ([`exec_is_gone`]). Whatever still runs inside is killed first (`cgroup.kill`): the programs that
+/// redirected it went away with its exec, so it would otherwise have unfiltered network.
+/// Returns the directories removed; each removal and each failure is logged. Blocks while the
+/// killed processes exit (up to a few seconds each): call it off the async runtime.
+pub fn remove_stale_exec_cgroups() -> Result<Vec<PathBuf>, CgroupError> {
+    let mount = cgroup2_mount()?;
+    let entries = fs::read_dir(&mount).map_err(io_err("list", &mount))?;
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(exec_cgroup_pid) else {
+            continue;
+        };
+        if !exec_is_gone(pid) {
+            continue;
+        }
+        let path = entry.path();
+        match remove_stale(&path) {
+            Ok(killed) => {
+                info!(cgroup = %path.display(), exec_pid = pid, killed_processes = killed, "removed the cgroup of an exec that is gone");
+                removed.push(path);
+            }
+            Err(err) => {
+                warn!(cgroup = %path.display(), error = %err, "could not remove the cgroup of an exec that is gone");
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Kills what is inside `path`, removes it and returns how many processes were in it.
+fn remove_stale(path: &Path) -> Result<usize, CgroupError> {
+    let cgroup = Cgroup::open(path)?;
+    let procs = path.join("cgroup.procs");
+    let count = fs::read_to_string(&procs)
+        .map_err(io_err("read", &procs))?
+        .lines()
+        .count();
+    remove_cgroup(cgroup)?;
+    Ok(count)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,19 +298,19 @@ mod tests {
 
     #[test]
     fn finds_cgroup2_on_hybrid_hosts() {
+        let mounts = mountinfo::parse(HYBRID);
         assert_eq!(
-            mount_point_of(HYBRID, "cgroup2"),
+            mount_point_of(&mounts, "cgroup2"),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
-        assert_eq!(mount_point_of(HYBRID, "bpf"), None);
+        assert_eq!(mount_point_of(&mounts, "bpf"), None);
     }
 
     #[test]
-    fn unescapes_mount_points() {
-        let line = "1 2 0:1 / /mnt/with\\040space rw - cgroup2 cgroup2 rw\n";
-        assert_eq!(
-            mount_point_of(line, "cgroup2"),
-            Some(PathBuf::from("/mnt/with space"))
-        );
+    fn exec_cgroup_names_round_trip() {
+        assert_eq!(exec_cgroup_pid(&exec_cgroup_name(4242)), Some(4242));
+        assert_eq!(exec_cgroup_pid("gateway-exec-"), None);
+        assert_eq!(exec_cgroup_pid("gateway-exec-12x"), None);
+        assert_eq!(exec_cgroup_pid("gwtest-1x2"), None);
     }
 }
