@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Fuzzes the ClientHello/SNI parser and the config parser (cargo-fuzz, libFuzzer), one target at
-# a time in one fuzzing process, then minimizes each corpus into fuzz/corpus-min/<target>, the
-# committed part. Not run in CI; `cargo xtask fuzz` runs it. Needs the nightly toolchain and
-# installs cargo-fuzz if missing.
+# Fuzzes the ClientHello/SNI parser, the config parser and secret substitution (cargo-fuzz,
+# libFuzzer), one target at a time in one fuzzing process, then minimizes each corpus into
+# fuzz/corpus-min/<target>, the committed part. Not run in CI; `cargo xtask fuzz` runs it.
+# Needs the nightly toolchain and installs cargo-fuzz if missing.
 #
 #   FUZZ_SECONDS  seconds per target (default 600)
-#   FUZZ_TARGETS  which targets, in order (default "client_hello config")
+#   FUZZ_TARGETS  which targets, in order (default "client_hello config secrets")
 #
 # Exits non-zero, printing the input, when a target crashes (panic, timeout, OOM). Reproduce
 # with `cargo +nightly fuzz run --fuzz-dir fuzz <target> <artifact>`; once fixed, keep the input
@@ -16,7 +16,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 fuzz_dir="$root/fuzz"
 seconds=${FUZZ_SECONDS:-600}
-targets=${FUZZ_TARGETS:-client_hello config}
+targets=${FUZZ_TARGETS:-client_hello config secrets}
 # What fuzz/corpus-min keeps per target: small enough to commit.
 max_kept_files=200
 max_kept_bytes=4096
@@ -32,6 +32,7 @@ max_len() {
     case $1 in
         client_hello) echo 20000 ;; # above MAX_HELLO_LEN (16 KiB), to reach its checks
         config) echo 8192 ;;
+        secrets) echo 4096 ;;
         *) echo "fuzz.sh: unknown target $1" >&2; exit 2 ;;
     esac
 }
@@ -42,6 +43,7 @@ seed() {
     case $target in
         client_hello) cp -n "$root"/gateway-proto/testdata/client-hello/*.bin "$corpus"/ ;;
         config) cp -n "$fuzz_dir"/seeds/config/* "$corpus"/ ;;
+        secrets) cp -n "$fuzz_dir"/seeds/secrets/* "$corpus"/ ;;
     esac
     local dir
     for dir in "$fuzz_dir/corpus-min/$target" "$root/gateway-proto/testdata/fuzz-regressions/$target"; do

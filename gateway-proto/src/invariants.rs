@@ -1,4 +1,4 @@
-//! Invariants of the parsers, checked on every fuzz input; they panic when one does not hold.
+//! Invariants of the parsers and of secret substitution, checked on every fuzz input; they panic when one does not hold.
 //! Shared by the fuzz targets in `fuzz/` and by `tests/fuzz_regressions.rs`, which replays the
 //! kept corpus under `cargo test`.
 
@@ -9,6 +9,7 @@ use crate::{
     hello::{self, Incomplete, MAX_HELLO_LEN, Parsed},
     name::{HostName, MAX_LABEL_LEN, MAX_NAME_LEN},
     pattern::Pattern,
+    secrets::{Destination, Location, Secret, SecretValue, Secrets},
 };
 
 /// How many prefixes of an input are parsed besides the input itself.
@@ -231,4 +232,92 @@ fn check_pattern(parsed: &Pattern) {
 fn spread(len: usize, count: usize) -> impl Iterator<Item = usize> {
     let step = len.div_ceil(count).max(1);
     (0..len).step_by(step)
+}
+
+/// The secrets the `secrets` target substitutes: one that substitutes everywhere, one with the
+/// defaults and `passthrough`.
+fn fuzz_secrets() -> Secrets {
+    const CONFIG: &str = "[[secrets]]\nname = \"A\"\nvalue_env = \"X\"\nhosts = [\"a.test\"]\n\
+        substitute = { headers = true, basic_auth = true, query = true, body = true }\n\
+        [[secrets]]\nname = \"B\"\nvalue_env = \"Y\"\nhosts = [\"*.b.test\"]\non_violation = \"passthrough\"\n";
+    let config = Config::parse(CONFIG, Path::new(CONFIG_PATH)).expect("the fuzz secrets parse");
+    let values: [&[u8]; 2] = [b"VALUE-OF-A-1234", b"value:b"];
+    Secrets::new(
+        config
+            .secrets
+            .iter()
+            .zip(values)
+            .map(|(c, v)| Secret::new(c, SecretValue::new(v.to_vec())))
+            .collect(),
+    )
+}
+
+/// Substitution: never panics; a value reaches only hosts its secret allows; a body gives the
+/// same result whole and in any chunking; a scrub leaves no value behind.
+pub fn secrets(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let secrets = fuzz_secrets();
+    let hosts = ["a.test", "x.b.test", "evil.test"];
+    let host = HostName::parse(hosts[usize::from(selector % 3)]).expect("fixed hosts parse");
+    let dst = Destination {
+        host,
+        cleartext: selector & 0x80 != 0,
+    };
+    let chunk = usize::from(selector >> 2 & 0x1f) + 1;
+
+    let whole = secrets.substitute(&dst, Location::Body, rest);
+    let mut stream = secrets.request_body(dst.clone(), false, u64::MAX);
+    let streamed = stream_all(&mut stream, rest, chunk);
+    match (&whole, &streamed) {
+        (Ok(rewrite), Ok(out)) => {
+            let expected = rewrite.output.as_deref().unwrap_or(rest);
+            assert_eq!(out.as_slice(), expected, "chunks of {chunk} disagree");
+            for secret in secrets.iter() {
+                let value = value_of(secret);
+                let smuggled = !contains(rest, value) && contains(out, value);
+                let allowed = secret.allowed_for(&dst.host) && !dst.cleartext;
+                assert!(!smuggled || allowed, "a value went to {}", dst.host);
+            }
+            let scrubbed = secrets.scrub(out).unwrap_or_else(|| out.clone());
+            for secret in secrets.iter() {
+                assert!(
+                    !contains(&scrubbed, value_of(secret)),
+                    "a value survived the scrub"
+                );
+            }
+        }
+        (Err(a), Err(crate::secrets::StreamError::Violation(b))) => assert_eq!(a, b),
+        other => panic!("whole and streamed disagree: {other:?}"),
+    }
+    let _ = secrets.substitute_basic(&dst, rest);
+}
+
+fn stream_all(
+    stream: &mut crate::secrets::StreamReplace,
+    body: &[u8],
+    chunk: usize,
+) -> Result<Vec<u8>, crate::secrets::StreamError> {
+    let mut out = Vec::new();
+    for piece in body.chunks(chunk) {
+        out.extend(stream.feed(piece)?);
+    }
+    out.extend(stream.finish()?);
+    Ok(out)
+}
+
+fn value_of(secret: &Secret) -> &[u8] {
+    // The fuzz values are fixed: find which one by the placeholder.
+    if secret.placeholder().as_str().ends_with('A') {
+        b"VALUE-OF-A-1234"
+    } else {
+        b"value:b"
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
 }

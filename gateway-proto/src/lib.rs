@@ -13,6 +13,7 @@ pub mod pattern;
 pub mod ports;
 pub mod resolv_conf;
 pub mod sandbox_spec;
+pub mod secrets;
 
 pub use name::HostName;
 pub use pattern::Pattern;

@@ -51,3 +51,8 @@ fn client_hello_inputs_keep_the_parser_invariants() {
 fn config_inputs_keep_the_parser_invariants() {
     replay("config", checks::config);
 }
+
+#[test]
+fn secrets_inputs_keep_the_substitution_invariants() {
+    replay("secrets", checks::secrets);
+}

@@ -157,16 +157,20 @@ fn key_path(keys: &[Key]) -> String {
     out
 }
 
-/// Where the value at `keys` lies in the document.
+/// Where the value at `keys` lies in the document; for a key that is not there (a missing
+/// one), where its closest present parent lies.
 fn span_of(document: &Spanned<DeTable<'_>>, keys: &[Key]) -> Option<Range<usize>> {
     let mut span = document.span();
     let mut value: Option<&DeValue<'_>> = None;
     let mut table = Some(document.get_ref());
     for key in keys {
         let next = match (key, table, value) {
-            (Key::Name(name), Some(table), _) => table.get(name.as_str())?,
-            (Key::Index(index), _, Some(DeValue::Array(items))) => items.get(*index)?,
-            _ => return None,
+            (Key::Name(name), Some(table), _) => table.get(name.as_str()),
+            (Key::Index(index), _, Some(DeValue::Array(items))) => items.get(*index),
+            _ => None,
+        };
+        let Some(next) = next else {
+            break;
         };
         span = next.span();
         value = Some(next.get_ref());

@@ -4,6 +4,7 @@
 
 mod error;
 mod policy;
+mod secrets;
 mod values;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,10 @@ use serde::Deserialize;
 pub use self::{
     error::{ConfigError, Position},
     policy::{NameDenial, NameRules, PolicyConfig, PolicyError, PolicyOverrides},
+    secrets::{
+        EnvName, MAX_PLACEHOLDER_LEN, Placeholder, SecretConfig, SecretName, Substitute,
+        ViolationAction,
+    },
     values::{CacheCapacity, FilePath, HelloTimeout, ValidityHours},
 };
 use crate::pattern::Pattern;
@@ -29,6 +34,8 @@ pub struct Config {
     pub tls: TlsConfig,
     /// `[policy]`: what sandboxes may reach (defaults for every sandbox).
     pub policy: PolicyConfig,
+    /// `[[secrets]]`: credentials substituted for placeholders on the wire.
+    pub secrets: Vec<SecretConfig>,
 }
 
 /// The `[tls]` section.
@@ -165,7 +172,8 @@ impl Config {
     /// The first check that fails, with the key to report it at.
     pub fn validate(&self) -> Result<(), Invalid> {
         self.tls.validate()?;
-        self.policy.validate()
+        self.policy.validate()?;
+        secrets::validate(&self.secrets)
     }
 }
 

@@ -427,3 +427,60 @@ fn load_reads_the_file_and_names_it_in_errors() {
         )
     );
 }
+
+#[test]
+fn secrets_parse_with_their_defaults() {
+    let text = "[[secrets]]\nname = \"api_key\"\nvalue_env = \"API_KEY\"\nhosts = [\"api.test\"]\n";
+    let secret = parse(text).unwrap().secrets.remove(0);
+    assert_eq!(secret.placeholder().as_str(), "GATEWAY_SECRET_API_KEY");
+    assert_eq!(secret.env_name(), "api_key");
+    assert_eq!(secret.substitute, Substitute::default());
+    assert!(secret.substitute.headers && secret.substitute.basic_auth);
+    assert!(!secret.substitute.query && !secret.substitute.body);
+    assert_eq!(secret.on_violation, ViolationAction::Block);
+}
+
+#[test]
+fn secrets_are_checked_with_the_key_and_line() {
+    let cases = [
+        (
+            "[[secrets]]\nname = \"K\"\nhosts = [\"a.test\"]\n",
+            "secrets[0].name: set value_env or value_file: where the value comes from (never the config) (line 2, column 8)",
+        ),
+        (
+            "[[secrets]]\nname = \"K\"\nvalue_env = \"A\"\nvalue_file = \"/k\"\nhosts = [\"a.test\"]\n",
+            "secrets[0].value_file: set value_env or value_file, not both (line 4, column 14)",
+        ),
+        (
+            "[[secrets]]\nname = \"K\"\nvalue_env = \"A\"\n",
+            "secrets[0].hosts: name the hosts the value may go to (or set allow_any_host = true) (line 1, column 1)",
+        ),
+        (
+            "[[secrets]]\nname = \"K\"\nvalue_env = \"A\"\nhosts = [\"*\"]\n",
+            "secrets[0].hosts[0]: invalid name pattern \"*\": `*` is only allowed as a leading `*.` (as in `*.example.com`) (line 4, column 10)",
+        ),
+        (
+            "[[secrets]]\nname = \"K\"\nvalue_env = \"A\"\nhosts = [\"a.test\"]\nplaceholder = \"short\"\n",
+            "secrets[0].placeholder: must be 8 to 1024 bytes long (got 5) (line 5, column 15)",
+        ),
+        (
+            "[[secrets]]\nname = \"K\"\nvalue_env = \"A\"\nhosts = [\"a.test\"]\nplaceholder = \"a\\nbcdefghi\"\n",
+            "secrets[0].placeholder: must not contain NUL, CR or LF (line 5, column 15)",
+        ),
+        (
+            "[[secrets]]\nname = \"bad name\"\nvalue_env = \"A\"\nhosts = [\"a.test\"]\n",
+            "secrets[0].name: may hold only ASCII letters, digits and `_` (line 2, column 8)",
+        ),
+        (
+            "[[secrets]]\nname = \"A\"\nvalue_env = \"A\"\nhosts = [\"a.test\"]\n[[secrets]]\nname = \"AB\"\nvalue_env = \"B\"\nhosts = [\"a.test\"]\nplaceholder = \"GATEWAY_SECRET_A\"\n",
+            "secrets[1].placeholder: the placeholders of secrets A and AB overlap; make neither contain the other (line 9, column 15)",
+        ),
+        (
+            "[[secrets]]\nname = \"A\"\nvalue_env = \"A\"\nhosts = [\"a.test\"]\n[[secrets]]\nname = \"A\"\nvalue_env = \"B\"\nallow_any_host = true\n",
+            "secrets[1].name: duplicates secrets[0].name (A) (line 6, column 8)",
+        ),
+    ];
+    for (text, expected) in cases {
+        assert_eq!(error_text(text), format!("{FILE}: {expected}"), "{text}");
+    }
+}
