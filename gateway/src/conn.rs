@@ -251,7 +251,7 @@ async fn try_handle(
         Route::Forbid(forbid) => forbid_tls(stream, prefix, &alpn_offer, forbid, ctx).await,
         Route::PlainHttp => {
             let judge = Arc::new(NameJudge(Arc::clone(&ctx.policy)));
-            Ok(http::plain::proxy(stream, prefix, dst, judge, ctx.id, ctx.timeouts).await?)
+            Ok(http::plain::proxy(stream, prefix, dst, judge, None, ctx.id, ctx.timeouts).await?)
         }
     }
 }

@@ -1,23 +1,34 @@
-//! The hyper path: plain HTTP/1 through the gateway ([`plain`]) and refusal pages on TLS
-//! connections whose name is denied ([`deny`]). Policy stays with the caller: a [`HostJudge`]
-//! says what the name rules make of each request's host, and this module only acts on it.
+//! The hyper path: plain HTTP/1 through the gateway ([`plain`]), HTTP-aware interception of
+//! TLS connections ([`aware`]) and refusal pages on TLS connections whose name is denied
+//! ([`deny`]). Policy stays with the caller: a [`HostJudge`] says what the name rules make of
+//! each request's host, a [`Filter`] judges and rewrites what passes, and this module only acts
+//! on them.
 //!
 //! Every HTTP the gateway speaks goes through hyper (see DESIGN.md); the first-bytes sniff in
 //! `conn` is the only parsing done by hand.
 
+pub mod aware;
 mod body;
 pub mod deny;
+mod filter;
+mod forward;
 mod headers;
 mod host;
 mod io;
+#[cfg(test)]
+mod log_capture;
 mod page;
 pub mod plain;
+mod upstream;
 
 use std::{error::Error as StdError, fmt, time::Duration};
 
 use gateway_proto::HostName;
 
 use crate::relay::{RelayError, RelayStats};
+
+pub use filter::{Filter, Refused, StreamRewrite};
+pub use upstream::{Origin, UpstreamError};
 
 /// What the name rules say about one host, decided by the caller (policy lives elsewhere).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,13 +78,15 @@ impl fmt::Display for Protocol {
 /// Why an HTTP connection ended badly. Each variant carries the bytes moved on the client
 /// connection until then ([`HttpError::stats`]), for the connection's log line.
 ///
-/// Failures of one request (the upstream unreachable, a denied host) are not connection
-/// errors: the client gets a page and the request's log line says why.
+/// Failures of one request (the upstream unreachable, a denied host, a filter's refusal before
+/// the response began) are not connection errors: the client gets a page and the request's log
+/// line says why.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
     /// The HTTP exchange with the client broke off: a malformed request (hyper answered it with
-    /// a 4xx first), a socket error, the client leaving mid-message, or an upstream response
-    /// body that failed while it was being streamed to the client.
+    /// a 4xx first), a socket error, the client leaving mid-message, or a response body that
+    /// failed while it was being streamed to the client (the upstream's broke off, or a filter
+    /// refused it or the request body part-way).
     #[error("serving {protocol} to the client failed: {}", ErrorChain(.source))]
     Serve {
         /// HTTP/1 or HTTP/2.

@@ -103,7 +103,6 @@ struct Refusal {
 
 impl Refusal {
     fn respond(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
-        self.meter.head_read();
         let mut exchange = Exchange::begin(self.sandbox, request.method(), Arc::clone(&self.meter));
         exchange.set_host(self.host.clone());
         exchange.deny(&self.reason);

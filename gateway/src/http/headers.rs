@@ -3,7 +3,7 @@
 
 use http::{
     HeaderMap, HeaderName, HeaderValue,
-    header::{CONNECTION, UPGRADE},
+    header::{CONNECTION, TE, UPGRADE},
 };
 
 /// Fields that are hop-by-hop whether or not `Connection` names them.
@@ -62,6 +62,19 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// Whether the client declared that it accepts trailers (`TE: trailers`). TE is hop-by-hop, but
+/// the gateway passes trailers on, so the declaration holds for the next leg too (gRPC servers
+/// require it).
+pub(crate) fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|coding| coding.split(';').next())
+        .any(|coding| coding.trim().eq_ignore_ascii_case("trailers"))
 }
 
 /// The lower-cased tokens of every `Connection` field; values that are not text are skipped.
@@ -132,6 +145,17 @@ mod tests {
             strip_hop_by_hop(&mut map, false);
             assert!(map.is_empty(), "{offer}: {map:?}");
         }
+    }
+
+    #[test]
+    fn trailers_are_accepted_only_when_declared() {
+        assert!(accepts_trailers(&headers(&[("te", "trailers")])));
+        assert!(accepts_trailers(&headers(&[(
+            "te",
+            "gzip;q=0.5, Trailers"
+        )])));
+        assert!(!accepts_trailers(&headers(&[("te", "gzip")])));
+        assert!(!accepts_trailers(&headers(&[])));
     }
 
     #[test]

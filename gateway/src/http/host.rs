@@ -1,6 +1,7 @@
 //! The host a request is for: the authority of an absolute-form target, else its one `Host`
-//! field. What is judged is exactly what the upstream is told (the `Host` field sent upstream is
-//! rewritten from the judged authority).
+//! field (for HTTP/2, the `:authority` is the URI's). What is judged is exactly what the
+//! upstream is told (the `Host` field or `:authority` sent upstream is rewritten from the judged
+//! authority).
 
 use std::str::FromStr as _;
 
@@ -12,8 +13,10 @@ use http::{HeaderValue, Request, header::HOST, uri::Authority};
 pub(crate) struct Target {
     /// The normalized name, port removed: what the rules judge.
     pub(crate) name: HostName,
-    /// `host[:port]` as the client wrote it: the `Host` field sent upstream.
-    pub(crate) authority: HeaderValue,
+    /// `host[:port]` as the client wrote it: the `:authority` sent upstream (HTTP/2).
+    pub(crate) authority: Authority,
+    /// The same as a `Host` field, sent upstream (HTTP/1).
+    pub(crate) host_field: HeaderValue,
 }
 
 /// Why a request has no usable host; Display is shown to the client and logged.
@@ -64,8 +67,12 @@ fn from_authority(authority: &Authority) -> Result<Target, HostError> {
         return Err(HostError::Malformed);
     }
     let name = HostName::parse(authority.host()).map_err(HostError::Name)?;
-    let authority = HeaderValue::from_str(authority.as_str()).map_err(|_| HostError::Malformed)?;
-    Ok(Target { name, authority })
+    let host_field = HeaderValue::from_str(authority.as_str()).map_err(|_| HostError::Malformed)?;
+    Ok(Target {
+        name,
+        authority: authority.clone(),
+        host_field,
+    })
 }
 
 /// `:` and a port number of one to five digits.
@@ -90,8 +97,10 @@ mod tests {
     }
 
     fn name_of(target: &str, hosts: &[&str]) -> Result<(String, String), HostError> {
-        super::target(&request(target, hosts))
-            .map(|t| (t.name.to_string(), t.authority.to_str().unwrap().to_owned()))
+        super::target(&request(target, hosts)).map(|t| {
+            assert_eq!(t.host_field, t.authority.as_str());
+            (t.name.to_string(), t.authority.to_string())
+        })
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -40,8 +40,9 @@ pub(crate) struct Meter {
     heads: bool,
     /// Milliseconds after `start` when bytes last moved on either leg.
     last_io_ms: AtomicU64,
-    /// Whether the connection is between requests, waiting for a head.
-    awaiting_head: AtomicBool,
+    /// Requests begun and not yet answered in full: none means the connection is between
+    /// requests (for HTTP/1, waiting for a head). HTTP/2 may have many at once.
+    open: AtomicUsize,
     /// Milliseconds after `start` when the first byte of the awaited head arrived.
     head_since_ms: AtomicU64,
     /// Wakes the watchdog when the head clock starts, so it can shorten its sleep.
@@ -110,7 +111,7 @@ impl Meter {
             start: Instant::now(),
             heads,
             last_io_ms: AtomicU64::new(0),
-            awaiting_head: AtomicBool::new(heads),
+            open: AtomicUsize::new(0),
             head_since_ms: AtomicU64::new(NO_HEAD),
             head_started: Notify::new(),
             read: AtomicU64::new(0),
@@ -131,15 +132,24 @@ impl Meter {
         self.start_head_clock();
     }
 
-    /// A request head has been parsed: the head clock stops.
-    pub(crate) fn head_read(&self) {
-        self.awaiting_head.store(false, Ordering::Relaxed);
+    /// A request head has been parsed: the head clock stops and the request is open until
+    /// [`Meter::response_done`].
+    pub(crate) fn request_begun(&self) {
+        self.open.fetch_add(1, Ordering::Relaxed);
         self.head_since_ms.store(NO_HEAD, Ordering::Relaxed);
     }
 
-    /// A response has been written: the connection waits for its next request.
+    /// A request's response has been written (or abandoned).
     pub(crate) fn response_done(&self) {
-        self.awaiting_head.store(self.heads, Ordering::Relaxed);
+        // Saturating: a stray call must not make the connection look busy forever.
+        let _ = self
+            .open
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
+
+    /// Whether no request is open.
+    fn between_requests(&self) -> bool {
+        self.open.load(Ordering::Relaxed) == 0
     }
 
     fn now_ms(&self) -> u64 {
@@ -157,7 +167,7 @@ impl Meter {
         }
         self.read.fetch_add(read as u64, Ordering::Relaxed);
         self.written.fetch_add(written as u64, Ordering::Relaxed);
-        if read > 0 && self.awaiting_head.load(Ordering::Relaxed) {
+        if read > 0 && self.heads && self.between_requests() {
             self.start_head_clock();
         }
     }
@@ -186,7 +196,7 @@ impl Meter {
                 return Expiry::Head;
             }
             if now >= idle_at {
-                let between = self.awaiting_head.load(Ordering::Relaxed) && since == NO_HEAD;
+                let between = self.between_requests() && since == NO_HEAD;
                 return if between {
                     Expiry::KeepAlive
                 } else {
@@ -348,7 +358,7 @@ mod tests {
     async fn a_stalled_request_is_idle() {
         let meter = Meter::new();
         meter.head_begun();
-        meter.head_read();
+        meter.request_begun();
         assert_eq!(meter.expired(IDLE, Some(HEAD)).await, Expiry::Idle);
     }
 
@@ -359,8 +369,26 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn without_heads_only_idle_applies() {
+    async fn without_heads_a_quiet_connection_ends_as_keep_alive() {
         let meter = Meter::without_heads();
+        assert_eq!(meter.expired(IDLE, Some(HEAD)).await, Expiry::KeepAlive);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_heads_an_open_request_makes_quiet_idle() {
+        let meter = Meter::without_heads();
+        meter.request_begun();
+        meter.request_begun();
+        meter.response_done();
         assert_eq!(meter.expired(IDLE, Some(HEAD)).await, Expiry::Idle);
+    }
+
+    #[test]
+    fn extra_response_done_calls_are_ignored() {
+        let meter = Meter::new();
+        meter.response_done();
+        assert!(meter.between_requests());
+        meter.request_begun();
+        assert!(!meter.between_requests());
     }
 }

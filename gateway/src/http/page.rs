@@ -9,7 +9,7 @@ use http::{
 };
 use http_body_util::Full;
 
-use super::forbidden_body;
+use super::{filter::Refused, forbidden_body};
 
 /// Whether the client connection stays open after the page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,6 +33,17 @@ impl Page {
         Page {
             status: StatusCode::FORBIDDEN,
             text: forbidden_body(host, reason).into(),
+            then: Then::KeepAlive,
+        }
+    }
+
+    /// A filter's refusal of a request to `host`: its status, the refusal page's text. The
+    /// connection stays open where the protocol allows (an HTTP/1 request body left unread
+    /// makes hyper close it after the page).
+    pub(crate) fn refused(host: &str, refused: &Refused) -> Page {
+        Page {
+            status: refused.status,
+            text: forbidden_body(host, &refused.reason).into(),
             then: Then::KeepAlive,
         }
     }
@@ -102,6 +113,16 @@ mod tests {
         assert_eq!(response.headers()[CONNECTION], "close");
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "gateway: bad request: no Host\n");
+    }
+
+    #[test]
+    fn a_filter_refusal_keeps_its_status() {
+        let page = Page::refused("a.test", &Refused::too_large("body over 1 MiB"));
+        assert_eq!(page.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            page.text,
+            "gateway: request to a.test refused: body over 1 MiB\n"
+        );
     }
 
     #[test]

@@ -9,18 +9,31 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::{
+    Method, Response, StatusCode,
+    header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING, UPGRADE},
+};
 use http_body_util::{BodyExt as _, Empty, Full, combinators::BoxBody};
-use hyper::body::{Body, Frame};
+use hyper::{
+    body::{Body, Frame},
+    client::conn::http1::SendRequest,
+    server::conn::http1,
+    service::service_fn,
+};
+use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     sync::mpsc,
     task::JoinHandle,
 };
+use tokio_util::task::AbortOnDropHandle;
 
 use super::*;
-use crate::http::forbidden_body;
+use crate::http::{
+    filter::tests::{Fake, HEAD_REASON, PLACEHOLDER, REFUSE_HEADER, SECRET},
+    forbidden_body, log_capture,
+};
 
 type TestBody = BoxBody<Bytes, Infallible>;
 
@@ -128,13 +141,25 @@ async fn gateway(
     prefix_len: usize,
     timeouts: Timeouts,
 ) -> (SocketAddr, JoinHandle<Result<RelayStats, HttpError>>) {
+    filtered_gateway(dst, judge, None, prefix_len, timeouts).await
+}
+
+/// [`gateway`] with a filter.
+async fn filtered_gateway(
+    dst: SocketAddr,
+    judge: Arc<dyn HostJudge>,
+    filter: Option<Arc<dyn Filter>>,
+    prefix_len: usize,
+    timeouts: Timeouts,
+) -> (SocketAddr, JoinHandle<Result<RelayStats, HttpError>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let (mut client, _) = listener.accept().await.unwrap();
         let mut prefix = vec![0u8; prefix_len];
         client.read_exact(&mut prefix).await.unwrap();
-        proxy(client, prefix, OrigDst(dst), judge, SandboxId(7), timeouts).await
+        let dst = OrigDst(dst);
+        proxy(client, prefix, dst, judge, filter, SandboxId(7), timeouts).await
     });
     (addr, task)
 }
@@ -639,32 +664,9 @@ async fn a_request_stalled_upstream_is_idle() {
     .await;
 }
 
-/// A log sink the test can read.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn one_info_line_per_request_and_the_path_only_at_debug() {
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .finish();
-    // The current-thread runtime polls every task on this thread, so this subscriber sees them.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = log_capture::capture();
     bounded(async {
         let up =
             upstream(|_request: Request<Incoming>| async move { Response::new(full("ok")) }).await;
@@ -687,7 +689,7 @@ async fn one_info_line_per_request_and_the_path_only_at_debug() {
         proxied.await.unwrap().unwrap();
     })
     .await;
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     let info: Vec<&str> = logs.lines().filter(|l| l.contains(" INFO ")).collect();
     assert_eq!(info.len(), 2, "{logs}");
     for line in &info {
@@ -733,29 +735,69 @@ async fn one_info_line_per_request_and_the_path_only_at_debug() {
     );
 }
 
-#[test]
-fn errors_read_as_words() {
-    let dst = OrigDst("192.0.2.1:80".parse().unwrap());
-    assert_eq!(
-        UpstreamError::UnaskedUpgrade { dst }.to_string(),
-        "192.0.2.1:80 answered 101 Switching Protocols to a request that asked for no upgrade"
-    );
-    let timeout = UpstreamError::Dial(DialError::Timeout {
-        dst,
-        timeout: Duration::from_secs(10),
-    });
-    assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
-}
+#[tokio::test]
+async fn a_filter_rewrites_requests_and_scrubs_responses() {
+    bounded(async {
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let up = upstream(move |request: Request<Incoming>| {
+            let seen_tx = seen_tx.clone();
+            async move {
+                let (parts, body) = request.into_parts();
+                let body = body.collect().await.unwrap().to_bytes();
+                seen_tx.send((parts, body)).unwrap();
+                Response::builder()
+                    .header("x-echo", format!("key={SECRET}"))
+                    .body(Full::new(Bytes::from(format!("you sent {SECRET}"))).boxed())
+                    .unwrap()
+            }
+        })
+        .await;
+        let filter: Arc<dyn Filter> = Arc::new(Fake);
+        let (addr, proxied) =
+            filtered_gateway(up.addr, allow_all(), Some(filter), 0, TIMEOUTS).await;
+        let (mut sender, _driver) = client(addr).await;
+        let request = Request::post(format!("/v1?key={PLACEHOLDER}"))
+            .header(HOST, "app.test")
+            .header("x-api-key", PLACEHOLDER)
+            .body(full("token=PLACEHOLDER"))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["x-echo"], "key=[scrubbed]");
+        // The rewritten body may have changed length.
+        assert!(!response.headers().contains_key(CONTENT_LENGTH));
+        assert_eq!(text(response).await, "you sent [scrubbed]");
+        let (parts, body) = seen.recv().await.unwrap();
+        assert_eq!(parts.uri, "/v1?key=s3cr3t");
+        assert_eq!(parts.headers["x-api-key"], SECRET);
+        assert_eq!(parts.headers[TRANSFER_ENCODING], "chunked");
+        assert!(!parts.headers.contains_key(CONTENT_LENGTH));
+        assert_eq!(body, "token=s3cr3t");
 
-#[test]
-fn targets_go_upstream_in_origin_form() {
-    for (target, origin) in [
-        ("http://a.test:8080/p?q=1", "/p?q=1"),
-        ("http://a.test", "/"),
-        ("/x", "/x"),
-        ("*", "*"),
-    ] {
-        let uri: Uri = target.parse().unwrap();
-        assert_eq!(origin_form(&uri), origin, "{target}");
-    }
+        // A refusal: the page, nothing upstream, and the connection goes on.
+        sender.ready().await.unwrap();
+        let mut refused = get("app.test", "/");
+        refused
+            .headers_mut()
+            .insert(REFUSE_HEADER, "1".parse().unwrap());
+        let response = sender.send_request(refused).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            text(response).await,
+            forbidden_body("app.test", HEAD_REASON)
+        );
+        sender.ready().await.unwrap();
+        let response = sender.send_request(get("app.test", "/")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let _ = text(response).await;
+        drop(sender);
+        proxied.await.unwrap().unwrap();
+        let (parts, _) = seen.recv().await.unwrap();
+        assert!(!parts.headers.contains_key(REFUSE_HEADER));
+        assert!(
+            seen.try_recv().is_err(),
+            "the refused request went upstream"
+        );
+    })
+    .await;
 }
