@@ -7,7 +7,7 @@ use std::{path::PathBuf, str::FromStr};
 use crate::{
     Pattern,
     cidr::Cidr,
-    config::PolicyOverrides,
+    config::{PolicyOverrides, SecretName},
     ports::{PortList, PortsError},
 };
 
@@ -20,6 +20,8 @@ pub struct SandboxSpec {
     pub netns: Option<PathBuf>,
     /// Its changes to the config's `[policy]`.
     pub policy: PolicyOverrides,
+    /// The `[[secrets]]` it is given (`secret=NAME`).
+    pub secrets: Vec<SecretName>,
 }
 
 /// Why a `--sandbox` value could not be read.
@@ -34,7 +36,8 @@ pub enum SpecError {
     /// An option this parser does not know.
     #[error(
         "sandbox `{spec}`: unknown option `{option}` (expected netns=PATH, port=N, http-port=N, \
-         allow-tcp-port=N, allow-udp-port=N, allow-host=P, deny-host=P, allow-cidr=C, deny-cidr=C)"
+         allow-tcp-port=N, allow-udp-port=N, allow-host=P, deny-host=P, allow-cidr=C, deny-cidr=C, \
+         secret=NAME)"
     )]
     UnknownOption {
         /// The value given.
@@ -89,6 +92,7 @@ impl FromStr for SandboxSpec {
             cgroup: PathBuf::from(cgroup),
             netns: parsed.netns,
             policy,
+            secrets: parsed.secrets,
         })
     }
 }
@@ -97,6 +101,7 @@ impl FromStr for SandboxSpec {
 #[derive(Default)]
 struct Parsed {
     netns: Option<PathBuf>,
+    secrets: Vec<SecretName>,
     tls_ports: Vec<i64>,
     http_ports: Vec<i64>,
     policy: PolicyOverrides,
@@ -135,6 +140,9 @@ impl Parsed {
             "deny-host" => self.policy.deny_hosts.push(pattern()?),
             "allow-cidr" => self.policy.allow_cidrs.push(cidr()?),
             "deny-cidr" => self.policy.deny_cidrs.push(cidr()?),
+            "secret" => self
+                .secrets
+                .push(value.parse().map_err(|why: &str| bad(why.to_owned()))?),
             _ => return Err(unknown(spec, option)),
         }
         Ok(())
@@ -175,15 +183,17 @@ mod tests {
         assert_eq!(spec.cgroup, PathBuf::from("/sys/fs/cgroup/unified/sb1"));
         assert_eq!(spec.netns, None);
         assert_eq!(spec.policy, PolicyOverrides::default());
+        assert!(spec.secrets.is_empty());
     }
 
     #[test]
     fn parses_netns_ports_and_policy() {
         let spec: SandboxSpec = "sb1,netns=/run/netns/x,port=443,port=8443,port=443,\
                                  http-port=8080,allow-tcp-port=22,allow-host=*.github.com,\
-                                 deny-cidr=192.0.2.0/24"
+                                 deny-cidr=192.0.2.0/24,secret=OPENAI_KEY"
             .parse()
             .unwrap();
+        assert_eq!(spec.secrets[0].as_str(), "OPENAI_KEY");
         assert_eq!(spec.netns, Some(PathBuf::from("/run/netns/x")));
         assert_eq!(spec.policy.tls_ports.unwrap().as_slice(), &[443, 8443]);
         assert_eq!(spec.policy.http_ports.unwrap().as_slice(), &[8080]);

@@ -98,7 +98,8 @@ pub struct RunArgs {
     /// A sandbox: its cgroup v2 directory (absolute, or relative to the cgroup2 mount),
     /// optionally its network namespace file, and changes to the config's policy with the
     /// names of exec's policy flags (port=N, http-port=N, allow-host=P, deny-host=P,
-    /// allow-cidr=C, deny-cidr=C, allow-tcp-port=N, allow-udp-port=N). Repeatable.
+    /// allow-cidr=C, deny-cidr=C, allow-tcp-port=N, allow-udp-port=N), and the secrets it is
+    /// given (secret=NAME). Repeatable.
     #[arg(
         long = "sandbox",
         value_name = "CGROUP[,netns=PATH][,OPTION=VALUE]...",
@@ -124,6 +125,10 @@ pub struct ExecArgs {
     /// user who invoked sudo (SUDO_UID/SUDO_GID), else root without capabilities.
     #[arg(long, value_name = "USER[:GROUP]")]
     pub user: Option<crate::exec::user::UserSpec>,
+    /// A `[[secrets]]` entry substituted for this command; it gets the placeholder in the
+    /// secret's `env` variable. Repeatable.
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<gateway_proto::config::SecretName>,
     #[command(flatten)]
     pub engine: EngineArgs,
     /// The command to run and its arguments.

@@ -27,12 +27,15 @@ use crate::{
         PortKind, Refusal, Route, SandboxPolicy,
         route::{First, Forbid, Intercept, Splice},
     },
-    relay::{RelayError, RelayStats, Timeouts, splice},
+    relay::{RelayError, RelayStats, Timeouts, relay, splice},
     sandbox::SandboxId,
+    secrets::{SandboxSecrets, SecretsFilter},
     tls::{
         TlsContext,
         certs::Subject,
-        intercept::{self, InterceptError, UpstreamFacts, own_alpn, send_alert},
+        intercept::{
+            self, InterceptError, Intercepted, UpstreamFacts, UpstreamTls, own_alpn, send_alert,
+        },
     },
 };
 
@@ -49,6 +52,8 @@ pub struct SandboxContext {
     pub policy: Arc<SandboxPolicy>,
     /// The CA and forged certificates.
     pub tls: Arc<TlsContext>,
+    /// The secrets the sandbox was given.
+    pub secrets: Arc<SandboxSecrets>,
     /// Tracks connection tasks, so shutdown can let them finish.
     pub connections: TaskTracker,
     /// Cancelled when the gateway stops waiting for connections to finish.
@@ -91,9 +96,7 @@ impl ConnError {
     /// Bytes moved before the failure.
     fn stats(&self) -> RelayStats {
         match self {
-            ConnError::Relay(relay) | ConnError::Intercept(InterceptError::Relay(relay)) => {
-                relay.stats
-            }
+            ConnError::Relay(relay) => relay.stats,
             ConnError::Http(http) => http.stats(),
             _ => RelayStats::default(),
         }
@@ -139,6 +142,8 @@ pub enum Mode {
     Intercept,
     /// Intercepted, to an upstream whose certificate is not verified (`verify = false`).
     InterceptUnverified,
+    /// Intercepted and served request by request: the sandbox's secrets may go to this name.
+    InterceptSecrets,
     /// Spliced raw by a bypass rule.
     Bypass,
     /// Not the port's protocol, relayed raw (plain_tcp = "relay").
@@ -156,6 +161,7 @@ impl Mode {
             Mode::Undecided => "none",
             Mode::Intercept => "intercept",
             Mode::InterceptUnverified => "intercept-unverified",
+            Mode::InterceptSecrets => "intercept-secrets",
             Mode::Bypass => "bypass",
             Mode::Plain => "plain",
             Mode::Forbidden => "forbidden",
@@ -168,6 +174,9 @@ impl Mode {
             Route::Refuse(_) => Mode::Undecided,
             Route::Splice(Splice::Bypass { .. }) => Mode::Bypass,
             Route::Splice(Splice::PlainTcp) => Mode::Plain,
+            Route::Intercept(Intercept {
+                http_aware: true, ..
+            }) => Mode::InterceptSecrets,
             Route::Intercept(Intercept { verify: true, .. }) => Mode::Intercept,
             Route::Intercept(Intercept { verify: false, .. }) => Mode::InterceptUnverified,
             Route::Forbid(_) => Mode::Forbidden,
@@ -237,23 +246,105 @@ async fn try_handle(
             info.upstream.local = local;
             Ok(splice(stream, &prefix, upstream, ctx.timeouts.idle).await?)
         }
-        Route::Intercept(route) => Ok(intercept::intercept(
-            stream,
-            prefix,
-            &alpn_offer,
-            dst,
-            route,
-            &ctx.tls,
-            ctx.timeouts,
-            &mut info.upstream,
-        )
-        .await?),
+        Route::Intercept(route) => {
+            let intercepted = intercept::handshake(
+                stream,
+                prefix,
+                &alpn_offer,
+                dst,
+                &route,
+                &ctx.tls,
+                ctx.timeouts,
+                &mut info.upstream,
+            )
+            .await?;
+            if route.http_aware {
+                serve_http_aware(intercepted, dst, route, ctx).await
+            } else {
+                let Intercepted {
+                    client, upstream, ..
+                } = intercepted;
+                Ok(relay(client, upstream, ctx.timeouts.idle).await?)
+            }
+        }
         Route::Forbid(forbid) => forbid_tls(stream, prefix, &alpn_offer, forbid, ctx).await,
         Route::PlainHttp => {
             let judge = Arc::new(NameJudge(Arc::clone(&ctx.policy)));
-            Ok(http::plain::proxy(stream, prefix, dst, judge, None, ctx.id, ctx.timeouts).await?)
+            let filter = secrets_filter(ctx, true);
+            Ok(
+                http::plain::proxy(stream, prefix, dst, judge, filter, ctx.id, ctx.timeouts)
+                    .await?,
+            )
         }
     }
+}
+
+/// Serves an interception request by request (hyper on both sides, the upstream's protocol):
+/// the sandbox's secrets are substituted in requests and scrubbed from responses, each request's
+/// Host must be the SNI, and a closed upstream connection is opened again the same way.
+async fn serve_http_aware(
+    intercepted: Intercepted,
+    dst: OrigDst,
+    route: Intercept,
+    ctx: &SandboxContext,
+) -> Result<RelayStats, ConnError> {
+    let Subject::Dns(sni) = route.subject.clone() else {
+        unreachable!("the route reads requests only for names a secret may go to");
+    };
+    let Intercepted {
+        client,
+        upstream,
+        alpn,
+    } = intercepted;
+    let reopen = reopener(dst, route, alpn.clone(), ctx.timeouts);
+    let upstream = http::aware::Upstream {
+        stream: upstream,
+        reopen,
+    };
+    let filter = secrets_filter(ctx, false);
+    let served = http::aware::serve(
+        client,
+        alpn.as_deref(),
+        upstream,
+        &sni,
+        filter,
+        ctx.id,
+        ctx.timeouts,
+    );
+    Ok(served.await?)
+}
+
+/// Opens further upstream connections of an HTTP-aware interception: the same destination,
+/// connector and name, offering only the protocol the first one agreed on.
+fn reopener(
+    dst: OrigDst,
+    route: Intercept,
+    alpn: Option<Vec<u8>>,
+    timeouts: Timeouts,
+) -> http::aware::Opener<UpstreamTls> {
+    let route = Arc::new(route);
+    let offer: Arc<Vec<Vec<u8>>> = Arc::new(alpn.into_iter().collect());
+    Arc::new(move || {
+        let (route, offer) = (Arc::clone(&route), Arc::clone(&offer));
+        Box::pin(async move {
+            let (upstream, _local) =
+                intercept::connect_upstream(dst, &route, &offer, timeouts).await?;
+            Ok(upstream)
+        })
+    })
+}
+
+/// The filter substituting the sandbox's secrets (none when it was given none). Over plain
+/// HTTP nothing is substituted and every placeholder is a violation.
+fn secrets_filter(ctx: &SandboxContext, cleartext: bool) -> Option<Arc<dyn http::Filter>> {
+    if ctx.secrets.is_empty() {
+        return None;
+    }
+    Some(Arc::new(SecretsFilter::new(
+        ctx.secrets.current(),
+        ctx.id,
+        cleartext,
+    )))
 }
 
 /// Completes the handshake of a denied name (no upstream is contacted) and answers every

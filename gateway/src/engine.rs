@@ -9,7 +9,7 @@ use std::{
 };
 
 use gateway_proto::{
-    config::{PolicyConfig, PolicyError, PolicyOverrides, TlsConfig},
+    config::{PolicyConfig, PolicyError, PolicyOverrides, SecretConfig, SecretName, TlsConfig},
     ports::PortList,
 };
 use tokio::task::JoinSet;
@@ -30,6 +30,7 @@ use crate::{
         cgroup::{Cgroup, CgroupError},
         netns::NetNs,
     },
+    secrets::{SecretStore, SecretsError},
     tls::{TlsContext, TlsSetupError, ca::gateway_home, crypto_provider, upstream::UpstreamError},
 };
 
@@ -59,6 +60,9 @@ pub enum EngineError {
         #[source]
         source: ListenError,
     },
+    /// A secret's value could not be loaded, or a sandbox was given an unknown one.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
     /// The sandbox's overrides do not fit the config's policy.
     #[error("sandbox policy: {0}")]
     Policy(#[from] PolicyError),
@@ -81,6 +85,8 @@ pub struct EngineOptions {
     pub tls: TlsConfig,
     /// The policy of every sandbox, before its own overrides (from the config file).
     pub policy: PolicyConfig,
+    /// The secrets sandboxes may be given (from the config file).
+    pub secrets: Vec<SecretConfig>,
     /// Connection time limits.
     pub timeouts: Timeouts,
     /// How long shutdown waits for open connections before closing them.
@@ -104,6 +110,7 @@ pub struct Engine {
     programs: Programs,
     tls: Arc<TlsContext>,
     tls_policy: Arc<TlsPolicy>,
+    secrets: Arc<SecretStore>,
     /// The policies of the sandboxes served, by id (read by the refusal log).
     policies: Policies,
     options: EngineOptions,
@@ -136,6 +143,7 @@ impl Engine {
         let provider = Arc::new(crypto_provider());
         let tls = Arc::new(TlsContext::new(&options.tls, &gateway_home(), &provider)?);
         let tls_policy = Arc::new(TlsPolicy::new(&options.tls, &provider)?);
+        let secrets = Arc::new(SecretStore::load(&options.secrets)?);
         let mut programs = Programs::load(pins)?;
         let policies = Policies::default();
         let mut accept_loops = JoinSet::new();
@@ -146,6 +154,7 @@ impl Engine {
             programs,
             tls,
             tls_policy,
+            secrets,
             policies,
             options,
             served: Vec::new(),
@@ -157,18 +166,25 @@ impl Engine {
     }
 
     /// Starts enforcing the policy (with `overrides`) on `cgroup` and serving its redirected
-    /// connections through a new listener. Must be called inside the tokio runtime.
+    /// connections through a new listener; `secrets` are substituted in its requests. Must be
+    /// called inside the tokio runtime.
     pub fn add_sandbox(
         &mut self,
         cgroup: &Cgroup,
         netns: Option<&NetNs>,
         overrides: &PolicyOverrides,
+        secrets: &[SecretName],
     ) -> Result<SandboxInfo, EngineError> {
         refuse_own_cgroup(cgroup.path())?;
         let policy = self.options.policy.with_overrides(overrides)?;
+        let secrets = Arc::new(self.secrets.for_sandbox(secrets)?);
         let id = SandboxId(self.next_id);
         self.next_id += 1;
-        let policy = Arc::new(SandboxPolicy::new(policy, Arc::clone(&self.tls_policy)));
+        let policy = Arc::new(SandboxPolicy::new(
+            policy,
+            Arc::clone(&self.tls_policy),
+            secrets.scope(),
+        ));
         let listen_err = |source| EngineError::Listen {
             sandbox: id,
             cgroup: cgroup.path().into(),
@@ -183,6 +199,7 @@ impl Engine {
             orig_dst: self.programs.orig_dst(),
             timeouts: self.options.timeouts,
             policy: Arc::clone(&policy),
+            secrets,
             tls: Arc::clone(&self.tls),
             connections: self.connections.clone(),
             cancel: self.cancel.clone(),
@@ -287,6 +304,27 @@ impl Engine {
             }
             Err(err) => format!("unavailable: {err}"),
         }
+    }
+
+    /// Reads every secret's value again; new requests use the new values. On failure the old
+    /// values stay.
+    ///
+    /// # Errors
+    /// The value that could not be read, naming its secret and source.
+    pub fn reload_secrets(&self) -> Result<usize, SecretsError> {
+        self.secrets.reload()
+    }
+
+    /// The environment a command given `names` gets (each secret's variable set to its
+    /// placeholder).
+    ///
+    /// # Errors
+    /// [`SecretsError::Unknown`] for a name the config does not have.
+    pub fn secret_environment(
+        &self,
+        names: &[SecretName],
+    ) -> Result<Vec<(String, String)>, SecretsError> {
+        self.secrets.environment(names)
     }
 
     /// The gateway CA's certificate (PEM), for clients' trust.

@@ -25,7 +25,7 @@ use std::{
 };
 
 use clap::ValueEnum as _;
-use gateway_proto::config::PolicyOverrides;
+use gateway_proto::config::{PolicyOverrides, SecretName};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
@@ -100,6 +100,8 @@ pub struct ExecOptions {
     pub engine: EngineOptions,
     /// `--user`: who the command runs as, instead of the sudo invoker or root.
     pub user: Option<UserSpec>,
+    /// `--secret`: the secrets substituted for this command (it gets their placeholders).
+    pub secrets: Vec<SecretName>,
     /// The log format, passed on to the helper.
     pub log_format: LogFormat,
     /// The command and its arguments (at least the program).
@@ -110,6 +112,7 @@ pub struct ExecOptions {
 pub async fn exec(options: ExecOptions) -> Result<i32, ExecError> {
     process::require_root()?;
     process::raise_nofile_limit();
+    process::no_core_dumps();
     let mut signals = Signals::new()?;
     blocking("removing what killed execs left", remove_leftovers).await?;
     let spec = options.user.clone();
@@ -181,7 +184,15 @@ async fn run_in_sandbox(
         })
         .await??,
     );
-    let sandbox = engine.add_sandbox(cgroup.cgroup(), netns.as_ref(), &options.policy)?;
+    let sandbox = engine.add_sandbox(
+        cgroup.cgroup(),
+        netns.as_ref(),
+        &options.policy,
+        &options.secrets,
+    )?;
+    let placeholders = engine
+        .secret_environment(&options.secrets)
+        .map_err(EngineError::from)?;
     info!(
         sandbox = %sandbox.id, cgroup = %cgroup.cgroup().path().display(),
         netns = netns.as_ref().map(NetNs::label).unwrap_or("host"),
@@ -190,7 +201,12 @@ async fn run_in_sandbox(
         uid = identity.uid.as_raw(), user = %identity.name,
         "sandbox ready"
     );
-    let status = run_helper(options, cgroup, netns.as_ref(), identity, bundle, signals).await;
+    let helper = Helper {
+        identity,
+        trust: bundle,
+        placeholders: &placeholders,
+    };
+    let status = run_helper(options, cgroup, netns.as_ref(), &helper, signals).await;
     let counters = engine.shutdown(options.engine.drain_timeout).await;
     info!(counters, "sandbox done");
     status
@@ -201,12 +217,11 @@ async fn run_helper(
     options: &ExecOptions,
     cgroup: &TransientCgroup,
     netns: Option<&NetNs>,
-    identity: &Identity,
-    trust: &TrustBundle,
+    helper: &Helper<'_>,
     signals: &mut Signals,
 ) -> Result<i32, ExecError> {
     let confinement = Confinement::new(cgroup.cgroup(), netns)?.die_with_parent();
-    let mut command = helper_command(options, identity, trust);
+    let mut command = helper_command(options, helper);
     confinement.apply(&mut command);
     let mut child = tokio::process::Command::from(command)
         .kill_on_drop(true)
@@ -241,9 +256,20 @@ const TRUST_VARS: [&str; 4] = [
     "NODE_EXTRA_CA_CERTS",
 ];
 
+/// What the helper and the command it starts are given.
+struct Helper<'a> {
+    identity: &'a Identity,
+    trust: &'a TrustBundle,
+    /// Each given secret's variable and placeholder.
+    placeholders: &'a [(String, String)],
+}
+
 /// `gateway [--log-format F] __exec-init --uid U --gid G [--groups ...] --trust-dir D -- CMD...`
-/// with the command's environment: the helper passes its own on unchanged.
-fn helper_command(options: &ExecOptions, identity: &Identity, trust: &TrustBundle) -> Command {
+/// with the command's environment: the helper passes its own on unchanged. That is exec's own
+/// environment, minus every variable a secret's value is read from (the command must never
+/// see a value), plus the placeholders of the secrets it was given.
+fn helper_command(options: &ExecOptions, helper: &Helper<'_>) -> Command {
+    let (identity, trust) = (helper.identity, helper.trust);
     let mut command = Command::new(SELF_EXE);
     command.arg0("gateway");
     if let Some(format) = options.log_format.to_possible_value() {
@@ -268,6 +294,14 @@ fn helper_command(options: &ExecOptions, identity: &Identity, trust: &TrustBundl
         .env("LOGNAME", &identity.name);
     for var in TRUST_VARS {
         command.env(var, trust.bundle());
+    }
+    for secret in &options.engine.secrets {
+        if let Some(var) = &secret.value_env {
+            command.env_remove(var.as_str());
+        }
+    }
+    for (var, placeholder) in helper.placeholders {
+        command.env(var, placeholder);
     }
     command
 }

@@ -17,4 +17,5 @@ pub mod process;
 pub mod relay;
 pub mod run;
 pub mod sandbox;
+pub mod secrets;
 pub mod tls;

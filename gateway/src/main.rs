@@ -73,6 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .map_err(|err| anyhow!("--port/--http-port: {err}"))?,
                 engine: engine(&args.engine, &config),
                 user: args.user,
+                secrets: args.secrets,
                 log_format,
                 command: args.command,
             };
@@ -110,6 +111,7 @@ fn engine(args: &EngineArgs, config: &Config) -> EngineOptions {
     EngineOptions {
         tls: config.tls.clone(),
         policy: config.policy.clone(),
+        secrets: config.secrets.clone(),
         timeouts: Timeouts {
             hello: config.tls.hello_timeout.get(),
             connect: args.connect_timeout,

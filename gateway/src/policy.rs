@@ -24,6 +24,7 @@ pub use self::route::{Refusal, Route};
 use crate::{
     ebpf::SandboxRules,
     sandbox::SandboxId,
+    secrets::SecretScope,
     tls::upstream::{Connectors, UpstreamError},
 };
 
@@ -88,18 +89,25 @@ pub struct SandboxPolicy {
     pub resolvers: Vec<IpAddr>,
     /// The shared TLS settings.
     pub tls: Arc<TlsPolicy>,
+    /// Where its secrets may go: connections there take the HTTP-aware path.
+    pub secret_scope: SecretScope,
 }
 
 impl SandboxPolicy {
     /// Resolves `config` for one sandbox, reading its resolvers from the config's
     /// `resolv_conf` (a missing or unreadable file means no resolver, with a warning).
-    pub fn new(config: PolicyConfig, tls: Arc<TlsPolicy>) -> SandboxPolicy {
+    pub fn new(
+        config: PolicyConfig,
+        tls: Arc<TlsPolicy>,
+        secret_scope: SecretScope,
+    ) -> SandboxPolicy {
         SandboxPolicy {
             addrs: AddrRules::new(&config),
             names: config.name_rules(),
             resolvers: read_resolvers(config.resolv_conf.path()),
             config,
             tls,
+            secret_scope,
         }
     }
 
@@ -165,7 +173,7 @@ mod tests {
     fn policy(config: PolicyConfig) -> SandboxPolicy {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = Arc::new(TlsPolicy::new(&TlsConfig::default(), &provider).unwrap());
-        SandboxPolicy::new(config, tls)
+        SandboxPolicy::new(config, tls, SecretScope::default())
     }
 
     #[test]

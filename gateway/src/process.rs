@@ -36,6 +36,8 @@ pub enum Signal {
     Interrupt,
     /// SIGTERM.
     Terminate,
+    /// SIGHUP: reload what can be reloaded.
+    Hangup,
 }
 
 impl Signal {
@@ -44,6 +46,7 @@ impl Signal {
         match self {
             Signal::Interrupt => "SIGINT",
             Signal::Terminate => "SIGTERM",
+            Signal::Hangup => "SIGHUP",
         }
     }
 }
@@ -53,6 +56,7 @@ impl From<Signal> for nix::sys::signal::Signal {
         match signal {
             Signal::Interrupt => nix::sys::signal::Signal::SIGINT,
             Signal::Terminate => nix::sys::signal::Signal::SIGTERM,
+            Signal::Hangup => nix::sys::signal::Signal::SIGHUP,
         }
     }
 }
@@ -63,11 +67,12 @@ impl std::fmt::Display for Signal {
     }
 }
 
-/// SIGINT and SIGTERM, as a stream of [`Signal`]s.
+/// SIGINT, SIGTERM and SIGHUP, as a stream of [`Signal`]s.
 #[derive(Debug)]
 pub struct Signals {
     int: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -78,6 +83,7 @@ impl Signals {
         Ok(Signals {
             int: listen(SignalKind::interrupt())?,
             term: listen(SignalKind::terminate())?,
+            hup: listen(SignalKind::hangup())?,
         })
     }
 
@@ -86,7 +92,21 @@ impl Signals {
         tokio::select! {
             _ = self.int.recv() => Signal::Interrupt,
             _ = self.term.recv() => Signal::Terminate,
+            _ = self.hup.recv() => Signal::Hangup,
         }
+    }
+}
+
+/// Keeps the daemon's memory (secret values among it) out of core dumps and away from other
+/// processes of the same user: not dumpable (no core file, no ptrace, /proc/PID/mem root-only)
+/// and a zero core size limit for good measure.
+pub fn no_core_dumps() {
+    use nix::sys::resource::{Resource, setrlimit};
+    if let Err(err) = nix::sys::prctl::set_dumpable(false) {
+        warn!(error = %err, "could not make the process undumpable");
+    }
+    if let Err(err) = setrlimit(Resource::RLIMIT_CORE, 0, 0) {
+        warn!(error = %err, "could not set the core size limit to 0");
     }
 }
 

@@ -47,6 +47,14 @@ pub struct RunOptions {
     pub engine: EngineOptions,
 }
 
+/// SIGHUP: new requests use the secrets' current values (files may have been rotated).
+fn reload_secrets(engine: &Engine) {
+    match engine.reload_secrets() {
+        Ok(count) => info!(secrets = count, "secret values reloaded"),
+        Err(err) => warn!(error = %err, "secret values not reloaded; the previous ones stay"),
+    }
+}
+
 /// How often the daemon checks that sandbox cgroups and its pins still exist.
 const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -54,6 +62,7 @@ const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn run(options: RunOptions) -> Result<(), RunError> {
     process::require_root()?;
     process::raise_nofile_limit();
+    process::no_core_dumps();
     let mut signals = Signals::new()?;
     // Every sandbox is checked before anything is loaded or pinned.
     let mut opened = Vec::with_capacity(options.sandboxes.len());
@@ -65,7 +74,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let pins = PinDir::create(&options.pin_dir)?;
     let mut engine = Engine::new(Some(pins), options.engine.clone())?;
     for (spec, cgroup, netns) in opened {
-        let info = engine.add_sandbox(&cgroup, netns.as_ref(), &spec.policy)?;
+        let info = engine.add_sandbox(&cgroup, netns.as_ref(), &spec.policy, &spec.secrets)?;
         info!(
             sandbox = %info.id, cgroup = %cgroup.path().display(), cgroup_id = cgroup.id(),
             netns = netns.as_ref().map(NetNs::label).unwrap_or("host"),
@@ -82,15 +91,18 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     Ok(())
 }
 
-/// Serves until SIGINT/SIGTERM, meanwhile noticing sandboxes whose cgroup is removed and pins
-/// removed under the daemon.
+/// Serves until SIGINT/SIGTERM, meanwhile reloading secret values on SIGHUP and noticing
+/// sandboxes whose cgroup is removed and pins removed under the daemon.
 async fn serve_until_signal(engine: &mut Engine, signals: &mut Signals) -> Signal {
     let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     let mut pins_warned = false;
     let mut trim = Trim::default();
     loop {
         tokio::select! {
-            signal = signals.recv() => return signal,
+            signal = signals.recv() => match signal {
+                Signal::Hangup => reload_secrets(engine),
+                stop => return stop,
+            },
             _ = housekeeping.tick() => {
                 engine.drop_removed_sandboxes();
                 trim.after_load(engine.open_connections());

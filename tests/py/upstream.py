@@ -7,7 +7,10 @@ GET /bytes/N     -> N pseudo-random bytes (deterministic, for hash checks)
 GET /ws          -> a WebSocket handshake, then every frame echoed back
 POST /sha256     -> JSON {"sha256", "length", "chunked"} of the request body (Content-Length or
                     chunked)
+POST /echo       -> the request body, as received
 --udp ADDR:PORT  -> a UDP service answering each datagram with "echo:" + the datagram
+--record FILE    -> every request appended to FILE as a JSON line {"method", "path", "headers",
+                    "body"} (body decoded as Latin-1, at most 1 MiB): what the upstream received
 GET /PATH        -> with --static DIR, the file DIR/PATH when there is one (query ignored), e.g.
                     a bare git repository for git's dumb HTTP protocol
 
@@ -33,6 +36,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_name_label = "upstream"
     static_dir = None
+    record_file = None
+    record_lock = threading.Lock()
     connections = 0
     lock = threading.Lock()
 
@@ -63,7 +68,20 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return None
         return path
 
+    def record(self, body=b""):
+        if self.record_file is None:
+            return
+        line = json.dumps({
+            "method": self.command,
+            "path": self.path,
+            "headers": [[k, v] for k, v in self.headers.items()],
+            "body": body[: 1 << 20].decode("latin-1"),
+        })
+        with Handler.record_lock, open(self.record_file, "a") as f:
+            f.write(line + "\n")
+
     def do_GET(self):
+        self.record()
         static = self._static_file()
         if static is not None:
             with open(static, "rb") as f:
@@ -150,9 +168,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.close_connection = True
 
     def do_POST(self):
-        digest = hashlib.sha256()
+        digest = Recorder()
         chunked = self.headers.get("Transfer-Encoding", "").lower() == "chunked"
         received = self.read_chunked(digest) if chunked else self.read_length(digest)
+        self.record(bytes(digest.kept))
+        if self.path.startswith("/echo"):
+            self._send(200, bytes(digest.kept), "application/octet-stream")
+            return
         body = json.dumps({"sha256": digest.hexdigest(), "length": received, "chunked": chunked})
         self._send(200, body.encode() + b"\n")
 
@@ -180,6 +202,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
             digest.update(data)
             received += len(data)
             self.rfile.readline()
+
+
+class Recorder:
+    """A sha256 that also keeps the first MiB of what it hashed."""
+
+    def __init__(self):
+        self.sha = hashlib.sha256()
+        self.kept = bytearray()
+
+    def update(self, data):
+        self.sha.update(data)
+        if len(self.kept) < 1 << 20:
+            self.kept += data[: (1 << 20) - len(self.kept)]
+
+    def hexdigest(self):
+        return self.sha.hexdigest()
 
 
 def fmt_addr(addr):
@@ -259,8 +297,10 @@ def main():
     parser.add_argument("--tls12-only", action="store_true", help="refuse TLS 1.3")
     parser.add_argument("--blackhole", action="append", default=[], help="ADDR:PORT that accepts and never answers")
     parser.add_argument("--udp", action="append", default=[], help="ADDR:PORT answering datagrams")
+    parser.add_argument("--record", metavar="FILE", help="append every request to FILE (JSON lines)")
     parser.add_argument("--static", metavar="DIR", help="also serve the files under DIR (GET only)")
     args = parser.parse_args()
+    Handler.record_file = args.record
 
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(args.cert, args.key)

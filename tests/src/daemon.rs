@@ -93,6 +93,7 @@ pub struct DaemonBuilder {
     sandboxes: Vec<String>,
     config: String,
     args: Vec<OsString>,
+    env: Vec<(OsString, OsString)>,
     rust_log: String,
     sink: LogSink,
 }
@@ -104,6 +105,7 @@ impl Default for DaemonBuilder {
             sandboxes: Vec::new(),
             config: String::new(),
             args: Vec::new(),
+            env: Vec::new(),
             rust_log: "info".to_owned(),
             sink: LogSink::Keep,
         }
@@ -139,6 +141,12 @@ impl DaemonBuilder {
     /// Extra `gateway run` arguments (e.g. `--idle-timeout 2s`).
     pub fn args<S: Into<OsString>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
         self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// An environment variable of the daemon (e.g. a secret's value).
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -186,6 +194,7 @@ impl DaemonBuilder {
             .args(&self.args)
             .env("GATEWAY_HOME", home.path())
             .env("RUST_LOG", &self.rust_log)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

@@ -126,7 +126,7 @@ pub enum Splice {
 
 /// An interception: the name the forged certificate is for, how to reach the upstream, and
 /// through which connector.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Intercept {
     /// Whom the forged certificate names: the SNI, or the destination address without one.
     pub subject: Subject,
@@ -136,6 +136,9 @@ pub struct Intercept {
     pub connector: Arc<ClientConfig>,
     /// Whether that connector verifies the upstream's certificate.
     pub verify: bool,
+    /// Whether requests are read (HTTP-aware: secrets substituted, Host checked against the
+    /// SNI) rather than relayed as bytes: only for names some secret of the sandbox may go to.
+    pub http_aware: bool,
 }
 
 /// A denied name, answered with a 403 page after the handshake.
@@ -197,6 +200,7 @@ impl SandboxPolicy {
                 server_name: PkiServerName::IpAddress(ip.into()),
                 connector: Arc::clone(connector),
                 verify,
+                http_aware: false,
             });
         };
         let bypass = self.tls.bypass.best_match(sni);
@@ -221,6 +225,7 @@ impl SandboxPolicy {
             server_name,
             connector: Arc::clone(connector),
             verify,
+            http_aware: self.secret_scope.covers(sni),
         })
     }
 }
@@ -232,13 +237,13 @@ mod tests {
     use gateway_proto::config::Config;
 
     use super::*;
-    use crate::policy::TlsPolicy;
+    use crate::{policy::TlsPolicy, secrets::SecretScope};
 
     fn policy(config: &str) -> SandboxPolicy {
         let config = Config::parse(config, Path::new("test.toml")).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = Arc::new(TlsPolicy::new(&config.tls, &provider).unwrap());
-        SandboxPolicy::new(config.policy, tls)
+        SandboxPolicy::new(config.policy, tls, SecretScope::default())
     }
 
     fn dst(text: &str) -> OrigDst {
@@ -422,6 +427,28 @@ mod tests {
                 Route::Refuse(Refusal::MalformedHello { reason: "bad" })
             ));
         }
+    }
+
+    #[test]
+    fn names_a_secret_may_go_to_take_the_http_aware_path() {
+        let mut policy = policy("");
+        policy.secret_scope = SecretScope {
+            any: false,
+            patterns: vec![Pattern::parse("api.openai.test").unwrap()],
+        };
+        let aware = |name| match policy.route(dst(UPSTREAM), &hello(Some(name))) {
+            Route::Intercept(intercept) => intercept.http_aware,
+            other => panic!("{other:?}"),
+        };
+        assert!(aware("api.openai.test"));
+        assert!(!aware("other.test"));
+        assert!(matches!(
+            policy.route(dst(UPSTREAM), &hello(None)),
+            Route::Intercept(Intercept {
+                http_aware: false,
+                ..
+            })
+        ));
     }
 
     #[test]

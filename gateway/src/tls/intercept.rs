@@ -1,6 +1,7 @@
 //! Interception mechanics, once the route says intercept: TLS to the upstream first (the
 //! client's SNI and ALPN offer, through the chosen connector), then the client's handshake with
-//! a forged certificate offering the ALPN the upstream chose, then the relay.
+//! a forged certificate offering the ALPN the upstream chose. What is relayed over the two is
+//! `conn`'s business.
 
 use std::{
     io,
@@ -24,7 +25,7 @@ use super::{
 use crate::{
     net::{DialError, OrigDst, dial},
     policy::route::Intercept,
-    relay::{RelayError, RelayStats, Timeouts, relay},
+    relay::Timeouts,
 };
 
 /// TLS alert descriptions sent to the client when interception cannot proceed.
@@ -66,9 +67,6 @@ pub enum InterceptError {
         /// How long was waited.
         timeout: Duration,
     },
-    /// The relay failed midway.
-    #[error(transparent)]
-    Relay(#[from] RelayError),
 }
 
 /// What the interception learnt about the upstream side, for the connection's log line (also
@@ -81,54 +79,53 @@ pub struct UpstreamFacts {
     pub alpn: Option<String>,
 }
 
-/// Intercepts `client`, whose ClientHello (offering `alpn_offer`) is `prefix`, to `dst`.
+/// Both sides of an interception once their handshakes are done: what is relayed (as bytes,
+/// or request by request on the HTTP-aware path).
+#[derive(Debug)]
+pub struct Intercepted {
+    /// The client, talking to the forged certificate.
+    pub client: ClientTls,
+    /// The upstream, verified through the route's connector.
+    pub upstream: UpstreamTls,
+    /// The protocol both sides agreed on (the upstream's choice, offered to the client).
+    pub alpn: Option<Vec<u8>>,
+}
+
+/// The upstream side of an interception.
+pub type UpstreamTls = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Intercepts `client`, whose ClientHello (offering `alpn_offer`) is `prefix`, to `dst`: TLS
+/// to the upstream first, then the client's handshake with a forged certificate offering the
+/// protocol the upstream chose. A client whose upstream cannot be reached gets an alert at once.
 #[expect(
     clippy::too_many_arguments,
     reason = "one call site; the pieces come from different owners"
 )]
-pub async fn intercept(
+pub async fn handshake(
     mut client: TcpStream,
     prefix: Vec<u8>,
     alpn_offer: &[Vec<u8>],
     dst: OrigDst,
-    route: Intercept,
+    route: &Intercept,
     tls: &TlsContext,
     timeouts: Timeouts,
     facts: &mut UpstreamFacts,
-) -> Result<RelayStats, InterceptError> {
-    let upstream_tcp = match dial(dst, timeouts.connect).await {
+) -> Result<Intercepted, InterceptError> {
+    let upstream = match connect_upstream(dst, route, alpn_offer, timeouts).await {
         Ok((upstream, local)) => {
             facts.local = local;
             upstream
         }
         Err(err) => {
-            // The client learns at once that this connection will not work.
             send_alert(&mut client, ALERT_HANDSHAKE_FAILURE).await;
-            return Err(err.into());
-        }
-    };
-    let mut config = (*route.connector).clone();
-    config.alpn_protocols = alpn_offer.to_vec();
-    let connect = TlsConnector::from(Arc::new(config)).connect(route.server_name, upstream_tcp);
-    let upstream = match tokio::time::timeout(timeouts.connect, connect).await {
-        Ok(Ok(upstream)) => upstream,
-        Ok(Err(source)) => {
-            send_alert(&mut client, ALERT_HANDSHAKE_FAILURE).await;
-            return Err(InterceptError::UpstreamTls { dst, source });
-        }
-        Err(_) => {
-            send_alert(&mut client, ALERT_HANDSHAKE_FAILURE).await;
-            return Err(InterceptError::UpstreamTlsTimeout {
-                dst,
-                timeout: timeouts.connect,
-            });
+            return Err(err);
         }
     };
     let alpn = upstream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     facts.alpn = alpn
         .as_deref()
         .map(|p| String::from_utf8_lossy(p).into_owned());
-    let client_tls = accept_client(
+    let client = accept_client(
         client,
         prefix,
         &route.subject,
@@ -137,7 +134,33 @@ pub async fn intercept(
         timeouts,
     )
     .await?;
-    Ok(relay(client_tls, upstream, timeouts.idle).await?)
+    Ok(Intercepted {
+        client,
+        upstream,
+        alpn,
+    })
+}
+
+/// Dials `dst` and does the upstream TLS handshake for `route` (its connector and server name),
+/// offering `alpn_offer`; also returns the local address.
+pub async fn connect_upstream(
+    dst: OrigDst,
+    route: &Intercept,
+    alpn_offer: &[Vec<u8>],
+    timeouts: Timeouts,
+) -> Result<(UpstreamTls, Option<SocketAddr>), InterceptError> {
+    let (tcp, local) = dial(dst, timeouts.connect).await?;
+    let mut config = (*route.connector).clone();
+    config.alpn_protocols = alpn_offer.to_vec();
+    let connect = TlsConnector::from(Arc::new(config)).connect(route.server_name.clone(), tcp);
+    match tokio::time::timeout(timeouts.connect, connect).await {
+        Ok(Ok(upstream)) => Ok((upstream, local)),
+        Ok(Err(source)) => Err(InterceptError::UpstreamTls { dst, source }),
+        Err(_) => Err(InterceptError::UpstreamTlsTimeout {
+            dst,
+            timeout: timeouts.connect,
+        }),
+    }
 }
 
 /// Completes the client's handshake with a certificate forged for `subject`, offering `alpn`
