@@ -1,5 +1,6 @@
-//! An nginx upstream (HTTP/1.1 and HTTP/2 over TLS) inside a test host's namespace, tuned for
-//! load (workers per core, unlimited keep-alive requests, as many connections as descriptors).
+//! An nginx upstream (HTTP/1.1 and HTTP/2 over TLS, and plain HTTP/1.1 on port 80 of the same
+//! address) inside a test host's namespace, tuned for load (workers per core, unlimited
+//! keep-alive requests, as many connections as descriptors).
 
 use std::{
     net::{SocketAddr, TcpStream},
@@ -12,6 +13,9 @@ use anyhow::{Context as _, bail};
 
 use crate::{net::NetNs, pki::CertFiles, process::Guarded};
 
+/// The port nginx also serves plain HTTP on, same address and locations as its TLS listener.
+pub const PLAIN_PORT: u16 = 80;
+
 /// A running nginx, stopped on drop (SIGTERM to the master stops its workers too).
 // Field order is drop order: nginx stops before its directory goes.
 #[derive(Debug)]
@@ -22,7 +26,8 @@ pub struct Nginx {
 
 impl Nginx {
     /// Serves `https://<listen>/` (body `nginx <name>\n`) and the files put in [`Nginx::files`],
-    /// with HTTP/2 offered by ALPN.
+    /// with HTTP/2 offered by ALPN; and the same as plain HTTP/1.1 on [`PLAIN_PORT`] of the
+    /// same address.
     pub fn start(
         ns: &NetNs,
         name: &str,
@@ -33,10 +38,8 @@ impl Nginx {
         std::fs::create_dir_all(dir.path().join("files"))?;
         std::fs::create_dir_all(dir.path().join("tmp"))?;
         let d = dir.path().display();
-        let listen_text = match listen {
-            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
-            SocketAddr::V4(a) => a.to_string(),
-        };
+        let tls_listen = listen_text(listen);
+        let plain_listen = listen_text(SocketAddr::new(listen.ip(), PLAIN_PORT));
         // As many descriptors as the hard limit allows (raising it needs CAP_SYS_RESOURCE).
         let nofile = crate::hard_nofile().clamp(1024, 65536);
         let conf = format!(
@@ -58,7 +61,8 @@ http {{
     uwsgi_temp_path {d}/tmp/uwsgi;
     scgi_temp_path {d}/tmp/scgi;
     server {{
-        listen {listen_text} ssl http2 backlog=4096;
+        listen {tls_listen} ssl http2 backlog=4096;
+        listen {plain_listen} backlog=4096;
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -89,6 +93,7 @@ http {{
             process: Guarded::new("nginx", child, Duration::from_secs(5)),
             dir,
         };
+        // nginx binds every listener before it serves any: the TLS one answering is enough.
         nginx.wait_listening(listen)?;
         Ok(nginx)
     }
@@ -118,6 +123,14 @@ http {{
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(())
+    }
+}
+
+/// An address as nginx's `listen` takes it (IPv6 in brackets, no scope).
+fn listen_text(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        SocketAddr::V4(a) => a.to_string(),
     }
 }
 

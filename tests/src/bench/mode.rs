@@ -1,12 +1,12 @@
 //! The modes a workload runs in: direct, or through the gateway spliced or intercepted, over
-//! HTTP/1.1 or HTTP/2.
+//! HTTP/1.1 or HTTP/2; and plain HTTP, direct or through the gateway's HTTP path.
 
 /// The name nginx's certificate covers (`*.bench.test` too); what intercepted clients ask for.
 pub const DOMAIN: &str = "bench.test";
 /// The name the gateway's config bypasses.
 pub const BYPASS_NAME: &str = "bypass.bench.test";
 
-/// Where a sandbox's HTTPS goes.
+/// Where a sandbox's connection goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     /// No gateway: a cgroup without programs, straight to the upstream.
@@ -15,60 +15,111 @@ pub enum Route {
     Bypass,
     /// Through the gateway, TLS intercepted with a forged certificate.
     Intercept,
+    /// Through the gateway's plain-HTTP path (port 80): each request's Host judged, the request
+    /// forwarded by hyper.
+    Http,
 }
 
-/// A route and an HTTP version.
+/// What the client speaks on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// HTTPS on port 443.
+    Https,
+    /// Plain HTTP on port 80.
+    Http,
+}
+
+impl Scheme {
+    /// The URL scheme.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Https => "https",
+            Scheme::Http => "http",
+        }
+    }
+
+    /// The port nginx serves it on, the one the sandbox dials.
+    pub fn port(self) -> u16 {
+        match self {
+            Scheme::Https => 443,
+            Scheme::Http => crate::nginx::PLAIN_PORT,
+        }
+    }
+}
+
+/// A route, a scheme and an HTTP version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mode {
     pub route: Route,
+    pub scheme: Scheme,
     pub h2: bool,
 }
 
 pub const DIRECT_H1: Mode = Mode {
     route: Route::Direct,
+    scheme: Scheme::Https,
     h2: false,
 };
 pub const DIRECT_H2: Mode = Mode {
     route: Route::Direct,
+    scheme: Scheme::Https,
     h2: true,
 };
 pub const BYPASS_H1: Mode = Mode {
     route: Route::Bypass,
+    scheme: Scheme::Https,
     h2: false,
 };
 pub const INTERCEPT_H1: Mode = Mode {
     route: Route::Intercept,
+    scheme: Scheme::Https,
     h2: false,
 };
 pub const INTERCEPT_H2: Mode = Mode {
     route: Route::Intercept,
+    scheme: Scheme::Https,
     h2: true,
+};
+pub const DIRECT_HTTP_H1: Mode = Mode {
+    route: Route::Direct,
+    scheme: Scheme::Http,
+    h2: false,
+};
+pub const GATEWAY_HTTP_H1: Mode = Mode {
+    route: Route::Http,
+    scheme: Scheme::Http,
+    h2: false,
 };
 
 impl Mode {
-    /// E.g. "intercept h2".
+    /// E.g. "intercept h2", "direct http h1", "gateway http h1".
     pub fn label(self) -> String {
         let route = match self.route {
             Route::Direct => "direct",
             Route::Bypass => "bypass",
             Route::Intercept => "intercept",
+            Route::Http => "gateway",
         };
-        format!("{route} {}", if self.h2 { "h2" } else { "h1" })
+        let scheme = match self.scheme {
+            Scheme::Https => "",
+            Scheme::Http => " http",
+        };
+        format!("{route}{scheme} {}", if self.h2 { "h2" } else { "h1" })
     }
 
     /// The name clients ask for: the bypass name for bypass, the plain one otherwise.
     pub fn host(self) -> &'static str {
         match self.route {
             Route::Bypass => BYPASS_NAME,
-            Route::Direct | Route::Intercept => DOMAIN,
+            Route::Direct | Route::Intercept | Route::Http => DOMAIN,
         }
     }
 
-    /// The direct mode this one is compared with (same HTTP version).
+    /// The direct mode this one is compared with (same scheme and HTTP version).
     pub fn baseline(self) -> Mode {
         Mode {
             route: Route::Direct,
-            h2: self.h2,
+            ..self
         }
     }
 

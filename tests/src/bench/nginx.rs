@@ -1,6 +1,11 @@
-//! The bench upstream: the harness nginx, serving a 1 KiB and a 64 MiB file.
+//! The bench upstream: the harness nginx, serving a 1 KiB and a 64 MiB file over HTTPS and plain
+//! HTTP.
 
-use std::{io::Write as _, net::SocketAddr, path::Path};
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use crate::{net::NetNs, nginx::Nginx, pki::CertFiles};
 
@@ -17,8 +22,13 @@ pub const LARGE_LEN: u64 = 64 << 20;
 pub fn start(ns: &NetNs, cert: &CertFiles, listen: SocketAddr) -> anyhow::Result<Nginx> {
     let nginx = Nginx::start(ns, "bench", cert, listen)?;
     write_file(&nginx.files().join("1k"), SMALL_LEN)?;
-    write_file(&nginx.files().join("64m"), LARGE_LEN)?;
+    write_file(&large_file(&nginx), LARGE_LEN)?;
     Ok(nginx)
+}
+
+/// The file nginx serves at [`LARGE`], what downloads are compared with.
+pub fn large_file(nginx: &Nginx) -> PathBuf {
+    nginx.files().join("64m")
 }
 
 fn write_file(path: &Path, len: u64) -> anyhow::Result<()> {

@@ -5,7 +5,11 @@ use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 use anyhow::Context as _;
 use serde_json::Value;
 
-use super::{mode::Mode, nginx, rig::Rig};
+use super::{
+    mode::{Mode, Scheme},
+    nginx,
+    rig::Rig,
+};
 use crate::sandbox::SandboxCgroup;
 
 /// What one oha run measured.
@@ -29,7 +33,7 @@ pub struct Load {
     pub requests: Option<u64>,
 }
 
-/// Runs oha against nginx's 1 KiB file in `cgroup`, trusting `ca`, in `mode`.
+/// Runs oha against nginx's 1 KiB file in `cgroup`, trusting `ca` (HTTPS), in `mode`.
 pub fn run(
     rig: &Rig,
     cgroup: &SandboxCgroup,
@@ -38,6 +42,7 @@ pub fn run(
     load: Load,
 ) -> anyhow::Result<Oha> {
     let host = mode.host();
+    let port = mode.scheme.port();
     let mut command = Command::new("oha");
     command
         .args(["--no-tui", "--output-format", "json", "-c"])
@@ -46,16 +51,20 @@ pub fn run(
         Some(n) => command.arg("-n").arg(n.to_string()),
         None => command.arg("-z").arg(format!("{}s", rig.opts.duration)),
     };
-    command.arg("--cacert").arg(ca).args([
+    if mode.scheme == Scheme::Https {
+        command.arg("--cacert").arg(ca);
+    }
+    // The name stays in the URL (SNI, Host) while the connection goes to nginx's address.
+    command.args([
         "--connect-to",
-        &format!("{host}:443:{}:443", rig.host.v4),
+        &format!("{host}:{port}:{}:{port}", rig.host.v4),
         "--http-version",
         if mode.h2 { "2" } else { "1.1" },
     ]);
     if load.new_connections {
         command.arg("--disable-keepalive");
     }
-    command.arg(format!("https://{host}{}", nginx::SMALL));
+    command.arg(format!("{}://{host}{}", mode.scheme.as_str(), nginx::SMALL));
     let timeout = Duration::from_secs(rig.opts.duration + 60);
     let output = cgroup.output_within(&mut command, timeout)?;
     let text = String::from_utf8_lossy(&output.stdout);

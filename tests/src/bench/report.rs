@@ -7,6 +7,7 @@ use super::{
     mode::DOMAIN,
     rig::{DAEMON_RUST_LOG, Rig},
 };
+use crate::nginx::PLAIN_PORT;
 
 /// A target a figure must meet.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -185,19 +186,21 @@ pub fn markdown(rig: &Rig, rows: &[Row], cross: &[Row], elapsed: Duration) -> St
     ));
     md.push_str(&format!(
         "- tools: {}, {}, {}; upstream nginx (HTTP/1.1 + HTTP/2, worker_processes auto) in \
-         netns {} at {}:443, test CA, certificate for `{DOMAIN}` and `*.{DOMAIN}`\n",
+         netns {} at {v4}:443, test CA, certificate for `{DOMAIN}` and `*.{DOMAIN}`; the same \
+         locations as plain HTTP/1.1 at {v4}:{PLAIN_PORT}\n",
         tool_line("oha", &["--version"]),
         tool_line("curl", &["--version"]),
         tool_line("nginx", &["-v"]),
         rig.host.ns.name(),
-        rig.host.v4
+        v4 = rig.host.v4
     ));
     md.push_str(&format!(
         "- load: oha -c {} -z {}s inside a sandbox cgroup (direct: a cgroup with no \
          programs), {} rounds, modes interleaved with the order rotated each round; the value \
          is the best round (highest rate, lowest time: noise from other tenants of the \
          machine only slows runs down), `runs` lists every round; ratios are best to best. oha verifies certificates \
-         (--cacert, never --insecure); the 64 MiB download is curl (3 per run, median).\n",
+         (--cacert, never --insecure); the 64 MiB download is curl (3 per run, median, after \
+         one untimed download per run compared byte for byte with the file nginx serves).\n",
         opts.concurrency, opts.duration, opts.rounds
     ));
     md.push_str(&format!(

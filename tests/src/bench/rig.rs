@@ -25,6 +25,7 @@ use super::{
 use crate::{
     daemon::{Daemon, LogSink},
     net::UpstreamHost,
+    nginx::PLAIN_PORT,
     pki::TestPki,
     proc,
     sandbox::SandboxCgroup,
@@ -135,12 +136,12 @@ impl Rig {
             opts,
         };
         eprintln!(
-            "gateway-bench: upstream https://{DOMAIN}/ at {}:443 (netns {}), direct cgroup {}, \
-             sandbox cgroup {}",
-            rig.host.v4,
+            "gateway-bench: upstream https://{DOMAIN}/ at {v4}:443 and http://{DOMAIN}/ at \
+             {v4}:{PLAIN_PORT} (netns {}), direct cgroup {}, sandbox cgroup {}",
             rig.host.ns.name(),
             rig.direct.path().display(),
-            rig.sandbox.path().display()
+            rig.sandbox.path().display(),
+            v4 = rig.host.v4,
         );
         Ok(rig)
     }
@@ -173,11 +174,23 @@ impl Rig {
         out
     }
 
-    /// A daemon serving the sandbox cgroup, logging at warn and keeping counts only.
+    /// A daemon serving the sandbox cgroup with the config's policy, logging at warn and keeping
+    /// counts only.
     pub fn start_daemon(&self) -> anyhow::Result<Daemon> {
+        self.start_daemon_with("")
+    }
+
+    /// [`Rig::start_daemon`] with extra `--sandbox` options for the sandbox, comma-separated
+    /// (e.g. `allow-tcp-port=9000`): for workloads that need more than the closed default policy.
+    pub fn start_daemon_with(&self, options: &str) -> anyhow::Result<Daemon> {
+        let mut spec = self.sandbox.path().display().to_string();
+        if !options.is_empty() {
+            spec.push(',');
+            spec.push_str(options);
+        }
         Daemon::builder()
             .bin(&self.opts.gateway)
-            .sandbox(self.sandbox.path().display().to_string())
+            .sandbox(spec)
             .config(&self.config)
             .rust_log(DAEMON_RUST_LOG)
             .log_sink(LogSink::CountOnly)
@@ -196,8 +209,9 @@ impl Rig {
             return Ok((f(&self.direct, &self.pki.ca_file(), None)?, None));
         }
         let mut daemon = self.start_daemon()?;
+        // Plain HTTP uses no certificate: the upstream's CA is as good as any.
         let ca = match mode.route {
-            Route::Bypass => self.pki.ca_file(),
+            Route::Bypass | Route::Http => self.pki.ca_file(),
             Route::Direct | Route::Intercept => daemon.ca_file(),
         };
         let before = daemon.usage()?;

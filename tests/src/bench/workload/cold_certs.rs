@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::{
     bench::{
-        mode::{DIRECT_H1, DOMAIN, INTERCEPT_H1, Route},
+        mode::{DIRECT_H1, DOMAIN, INTERCEPT_H1},
         report::{Row, Target},
         rig::{Rig, daemon_use},
         stats::{min, percentile},
@@ -29,7 +29,7 @@ pub(super) fn run(rig: &mut Rig) -> anyhow::Result<Vec<Row>> {
             mode.label()
         );
         // Through the gateway, a second pass over the same names measures the cached case.
-        let passes = if mode.route == Route::Direct { 1 } else { 2 };
+        let passes = if mode.through_gateway() { 2 } else { 1 };
         let (result, usage) =
             rig.in_mode(mode, |cgroup, ca, _| handshakes(rig, cgroup, ca, passes))?;
         if let Some(u) = &usage
@@ -45,13 +45,12 @@ pub(super) fn run(rig: &mut Rig) -> anyhow::Result<Vec<Row>> {
         }
         rig.note_run(&workload, mode, &usage);
         let mut passes = result.into_iter();
-        match mode.route {
-            Route::Direct => direct_runs.push(passes.next().unwrap_or_default()),
-            Route::Bypass | Route::Intercept => {
-                cold_runs.push(passes.next().unwrap_or_default());
-                warm_runs.push(passes.next().unwrap_or_default());
-                usages.push(usage);
-            }
+        if mode.through_gateway() {
+            cold_runs.push(passes.next().unwrap_or_default());
+            warm_runs.push(passes.next().unwrap_or_default());
+            usages.push(usage);
+        } else {
+            direct_runs.push(passes.next().unwrap_or_default());
         }
     }
     // Per name: the cold handshake minus the warm one to the same name.

@@ -1,14 +1,16 @@
 //! One 64 MiB download with curl (it verifies certificates), 3 per run, median MB/s: the relay's
-//! throughput.
+//! throughput. Each run first checks one untimed download byte for byte against nginx's file.
 
-use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+use std::{
+    collections::BTreeMap, fs::File, io::Read as _, path::Path, process::Command, time::Duration,
+};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use super::secrets_row;
 use crate::{
     bench::{
-        mode::{BYPASS_H1, DIRECT_H1, DIRECT_H2, INTERCEPT_H1, INTERCEPT_H2, Mode, Route},
+        mode::{BYPASS_H1, DIRECT_H1, DIRECT_H2, INTERCEPT_H1, INTERCEPT_H2, Mode, Route, Scheme},
         nginx,
         report::{Row, Target},
         rig::{Rig, RunUse, daemon_use},
@@ -23,24 +25,39 @@ const PER_RUN: usize = 3;
 pub(super) fn run(rig: &mut Rig) -> anyhow::Result<Vec<Row>> {
     let workload = "one 64 MiB download";
     let modes = [DIRECT_H1, DIRECT_H2, BYPASS_H1, INTERCEPT_H1, INTERCEPT_H2];
+    let mut rows = series(rig, workload, &modes)?;
+    rows.push(secrets_row(workload));
+    Ok(rows)
+}
+
+/// The downloads in each of `modes`, interleaved; a throughput row per mode, compared with the
+/// direct mode of the same scheme and HTTP version.
+pub(super) fn series(rig: &mut Rig, workload: &str, modes: &[Mode]) -> anyhow::Result<Vec<Row>> {
     let mut runs: BTreeMap<String, Vec<(f64, Option<RunUse>)>> = BTreeMap::new();
-    for (round, mode) in rig.schedule(&modes) {
+    for (round, mode) in rig.schedule(modes) {
         eprintln!(
             "gateway-bench: {workload}: round {} {}",
             round + 1,
             mode.label()
         );
         let ((mbps, failures), usage) = rig.in_mode(mode, |cgroup, ca, _| {
+            check_content(rig, cgroup, ca, mode)?;
             let mut speeds = Vec::new();
             let mut failures = Vec::new();
             for _ in 0..PER_RUN {
-                match curl_download(rig, cgroup, ca, mode) {
+                match curl_download(rig, cgroup, ca, mode, Path::new("/dev/null")) {
                     Ok(speed) => speeds.push(speed),
                     Err(err) => failures.push(format!("{err:#}")),
                 }
             }
             Ok((median(&speeds), failures))
         })?;
+        // Without a certificate to tell, only the counter shows the gateway was in the path.
+        if let Some(u) = &usage
+            && u.redirected == 0
+        {
+            bail!("{workload}, {}: nothing was redirected", mode.label());
+        }
         for failure in failures {
             rig.notes.push(format!(
                 "**{workload}, {} round {}: a download failed**: {}",
@@ -71,21 +88,68 @@ pub(super) fn run(rig: &mut Rig) -> anyhow::Result<Vec<Row>> {
             value: Some(value),
             ratio: gw.then_some(value / base),
             baseline: !gw,
-            target: match mode.route {
-                Route::Intercept => Some(Target::RatioAtLeast(0.8)),
-                Route::Bypass => Some(Target::RatioAtLeast(0.95)),
-                Route::Direct => None,
-            },
+            target: target(mode.route),
             daemon: daemon_use(mode_runs.iter().map(|(_, u)| u)),
             ..Row::default()
         });
     }
-    rows.push(secrets_row(workload));
     Ok(rows)
 }
 
-/// One download of nginx's large file; MB/s.
-fn curl_download(rig: &Rig, cgroup: &SandboxCgroup, ca: &Path, mode: Mode) -> anyhow::Result<f64> {
+/// The throughput targets; plain HTTP has none.
+fn target(route: Route) -> Option<Target> {
+    match route {
+        Route::Intercept => Some(Target::RatioAtLeast(0.8)),
+        Route::Bypass => Some(Target::RatioAtLeast(0.95)),
+        Route::Direct | Route::Http => None,
+    }
+}
+
+/// One untimed download into a file, which must hold exactly the bytes nginx served.
+fn check_content(rig: &Rig, cgroup: &SandboxCgroup, ca: &Path, mode: Mode) -> anyhow::Result<()> {
+    let file = tempfile::NamedTempFile::new()?;
+    curl_download(rig, cgroup, ca, mode, file.path())?;
+    let served = nginx::large_file(&rig.nginx);
+    if !same_content(file.path(), &served)
+        .with_context(|| format!("comparing the download with {}", served.display()))?
+    {
+        bail!(
+            "{}: the 64 MiB download differs from the file nginx served",
+            mode.label()
+        );
+    }
+    Ok(())
+}
+
+/// Whether two files hold the same bytes, read a chunk at a time.
+fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {
+    if std::fs::metadata(a)?.len() != std::fs::metadata(b)?.len() {
+        return Ok(false);
+    }
+    let (mut a, mut b) = (File::open(a)?, File::open(b)?);
+    let mut chunk_a = vec![0u8; 1 << 20];
+    let mut chunk_b = vec![0u8; 1 << 20];
+    loop {
+        let n = a.read(&mut chunk_a)?;
+        if n == 0 {
+            return Ok(true);
+        }
+        // Same length: b has at least as many bytes left as a.
+        b.read_exact(&mut chunk_b[..n])?;
+        if chunk_a[..n] != chunk_b[..n] {
+            return Ok(false);
+        }
+    }
+}
+
+/// One download of nginx's large file into `out`; MB/s.
+fn curl_download(
+    rig: &Rig,
+    cgroup: &SandboxCgroup,
+    ca: &Path,
+    mode: Mode,
+    out: &Path,
+) -> anyhow::Result<f64> {
     let host = mode.host();
     let mut command = Command::new("curl");
     command
@@ -100,18 +164,19 @@ fn curl_download(rig: &Rig, cgroup: &SandboxCgroup, ca: &Path, mode: Mode) -> an
             "--speed-time",
             "10",
             "-o",
-            "/dev/null",
-            "--cacert",
         ])
-        .arg(ca)
-        .args([
-            if mode.h2 { "--http2" } else { "--http1.1" },
-            "--resolve",
-            &format!("{host}:443:{}", rig.host.v4),
-            "-w",
-            "%{size_download} %{time_total} %{http_version}",
-            &format!("https://{host}{}", nginx::LARGE),
-        ]);
+        .arg(out);
+    if mode.scheme == Scheme::Https {
+        command.arg("--cacert").arg(ca);
+    }
+    command.args([
+        if mode.h2 { "--http2" } else { "--http1.1" },
+        "--resolve",
+        &format!("{host}:{}:{}", mode.scheme.port(), rig.host.v4),
+        "-w",
+        "%{size_download} %{time_total} %{http_version}",
+        &format!("{}://{host}{}", mode.scheme.as_str(), nginx::LARGE),
+    ]);
     let output = cgroup.output_within(&mut command, Duration::from_secs(90))?;
     let text = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {

@@ -1,5 +1,5 @@
 //! The measured workloads, one per file, each a function of the shared [`Rig`] giving rows of
-//! the report; and the interleaved oha series two of them share.
+//! the report; and the interleaved oha series three of them share.
 
 mod cold_certs;
 mod connect_cost;
@@ -8,6 +8,7 @@ mod download;
 mod idle_rss;
 mod keepalive;
 mod new_conn;
+mod plain_http;
 
 use std::collections::BTreeMap;
 
@@ -30,9 +31,11 @@ pub enum Workload {
     Keepalive,
     /// One 64 MiB download (curl).
     Download,
+    /// Plain HTTP: keep-alive 1 KiB requests (oha) and one 64 MiB download (curl).
+    Http,
     /// First connections to many distinct names: the cost of forging certificates.
     Cold,
-    /// connect() in a tight loop with and without the programs attached.
+    /// connect() to an allowed port in a tight loop, with and without the programs attached.
     Connect,
     /// Daemon memory per idle connection held.
     Idle,
@@ -42,10 +45,11 @@ pub enum Workload {
 
 impl Workload {
     /// Every workload, in running order.
-    pub const ALL: [Workload; 7] = [
+    pub const ALL: [Workload; 8] = [
         Workload::New,
         Workload::Keepalive,
         Workload::Download,
+        Workload::Http,
         Workload::Cold,
         Workload::Connect,
         Workload::Idle,
@@ -58,6 +62,7 @@ impl Workload {
             Workload::New => "new",
             Workload::Keepalive => "keepalive",
             Workload::Download => "download",
+            Workload::Http => "http",
             Workload::Cold => "cold",
             Workload::Connect => "connect",
             Workload::Idle => "idle",
@@ -71,6 +76,7 @@ impl Workload {
             Workload::New => new_conn::run(rig),
             Workload::Keepalive => keepalive::run(rig),
             Workload::Download => download::run(rig),
+            Workload::Http => plain_http::run(rig),
             Workload::Cold => cold_certs::run(rig),
             Workload::Connect => connect_cost::run(rig),
             Workload::Idle => idle_rss::run(rig),
@@ -100,8 +106,8 @@ struct Series<'a> {
     new_connections: bool,
     /// p50 and p99 rows besides req/s.
     latency: bool,
-    intercept_target: Target,
-    bypass_target: Target,
+    intercept_target: Option<Target>,
+    bypass_target: Option<Target>,
 }
 
 /// oha for `--duration` in each mode, interleaved; rows for req/s (and p50/p99 if asked).
@@ -178,8 +184,8 @@ fn oha_series(rig: &mut Rig, series: &Series<'_>) -> anyhow::Result<Vec<Row>> {
                 ratio: gw.then_some(value / base),
                 baseline: !gw,
                 target: match (i, mode.route) {
-                    (0, Route::Intercept) => Some(series.intercept_target),
-                    (0, Route::Bypass) => Some(series.bypass_target),
+                    (0, Route::Intercept) => series.intercept_target,
+                    (0, Route::Bypass) => series.bypass_target,
                     _ => None,
                 },
                 daemon: (i == 0)

@@ -17,8 +17,8 @@ pub(super) fn run(rig: &mut Rig) -> anyhow::Result<Vec<Row>> {
             modes: &[DIRECT_H1, BYPASS_H1, INTERCEPT_H1],
             new_connections: true,
             latency: true,
-            intercept_target: Target::RatioAtLeast(0.6),
-            bypass_target: Target::RatioAtLeast(0.95),
+            intercept_target: Some(Target::RatioAtLeast(0.6)),
+            bypass_target: Some(Target::RatioAtLeast(0.95)),
         },
     )?;
     rows.push(secrets_row(workload));
