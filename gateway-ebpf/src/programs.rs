@@ -263,8 +263,8 @@ fn judge(conf: &SandboxConf, dst: &Destination) -> Judgement {
     if dst.port == DNS_PORT && RESOLVERS.get_ptr(addr_key).is_some() {
         return Judgement::Allow;
     }
-    // SAFETY: the value is copied out at once.
-    if let Some(rule) = unsafe { ADDR_RULES.get(&Key::new(ADDR_KEY_BITS, addr_key)) }.copied()
+    // The BTF trie's lookup is safe: the value is copied out at once.
+    if let Some(rule) = ADDR_RULES.get(&Key::new(ADDR_KEY_BITS, addr_key)).copied()
         && rule.action == AddrRule::DENY
     {
         refuse(conf, dst, Reason::Address, rule.rule_id);

@@ -1,8 +1,9 @@
 //! A sandbox as an operator names it on the command line:
-//! `CGROUP[,netns=PATH][,port=N]...[,allow-host=P]...` — the options of `gateway exec`'s policy
-//! flags, without the dashes.
+//! `CGROUP[,netns=PATH][,name=NAME][,port=N]...[,allow-host=P]...` — the options of
+//! `gateway exec`'s policy flags, without the dashes. Also the form in which the daemon
+//! remembers its sandboxes across restarts ([`SandboxSpec`]'s Display writes it back).
 
-use std::{path::PathBuf, str::FromStr};
+use std::{fmt, path::PathBuf, str::FromStr};
 
 use crate::{
     Pattern,
@@ -18,6 +19,10 @@ pub struct SandboxSpec {
     pub cgroup: PathBuf,
     /// The sandbox's network namespace (e.g. /run/netns/NAME), when it has its own.
     pub netns: Option<PathBuf>,
+    /// What operators call it (`sandbox rm NAME`); default: the cgroup directory's name.
+    pub name: Option<SandboxName>,
+    /// The process the sandbox lives for (`gateway exec`): when it is gone, so is the sandbox.
+    pub owner: Option<u32>,
     /// Its changes to the config's `[policy]`.
     pub policy: PolicyOverrides,
     /// The `[[secrets]]` it is given (`secret=NAME`).
@@ -37,7 +42,7 @@ pub enum SpecError {
     #[error(
         "sandbox `{spec}`: unknown option `{option}` (expected netns=PATH, port=N, http-port=N, \
          allow-tcp-port=N, allow-udp-port=N, allow-host=P, deny-host=P, allow-cidr=C, deny-cidr=C, \
-         secret=NAME)"
+         secret=NAME, name=NAME, owner=PID)"
     )]
     UnknownOption {
         /// The value given.
@@ -91,9 +96,116 @@ impl FromStr for SandboxSpec {
         Ok(SandboxSpec {
             cgroup: PathBuf::from(cgroup),
             netns: parsed.netns,
+            name: parsed.name,
+            owner: parsed.owner,
             policy,
             secrets: parsed.secrets,
         })
+    }
+}
+
+impl SandboxSpec {
+    /// A spec of `cgroup` with nothing else set.
+    #[must_use]
+    pub fn new(cgroup: PathBuf) -> SandboxSpec {
+        SandboxSpec {
+            cgroup,
+            netns: None,
+            name: None,
+            owner: None,
+            policy: PolicyOverrides::default(),
+            secrets: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Display for SandboxSpec {
+    /// The canonical spec, parsed back to the same value.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.cgroup.display())?;
+        if let Some(netns) = &self.netns {
+            write!(f, ",netns={}", netns.display())?;
+        }
+        if let Some(name) = &self.name {
+            write!(f, ",name={name}")?;
+        }
+        if let Some(owner) = self.owner {
+            write!(f, ",owner={owner}")?;
+        }
+        let policy = &self.policy;
+        let ports = |f: &mut fmt::Formatter<'_>, key, list: &Option<PortList>| match list {
+            Some(list) => list
+                .as_slice()
+                .iter()
+                .try_for_each(|port| write!(f, ",{key}={port}")),
+            None => Ok(()),
+        };
+        ports(f, "port", &policy.tls_ports)?;
+        ports(f, "http-port", &policy.http_ports)?;
+        write_each(f, "allow-tcp-port", &policy.allow_tcp_ports)?;
+        write_each(f, "allow-udp-port", &policy.allow_udp_ports)?;
+        write_each(f, "allow-host", &policy.allow_hosts)?;
+        write_each(f, "deny-host", &policy.deny_hosts)?;
+        write_each(f, "allow-cidr", &policy.allow_cidrs)?;
+        write_each(f, "deny-cidr", &policy.deny_cidrs)?;
+        write_each(f, "secret", &self.secrets)
+    }
+}
+
+/// `,key=item` for each item.
+fn write_each<T: fmt::Display>(f: &mut fmt::Formatter<'_>, key: &str, items: &[T]) -> fmt::Result {
+    items.iter().try_for_each(|item| write!(f, ",{key}={item}"))
+}
+
+/// A sandbox's name: 1 to 64 ASCII letters, digits, `-`, `_` and `.`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SandboxName(String);
+
+impl SandboxName {
+    /// The name.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name of a sandbox without one: its cgroup directory's name, made valid.
+    #[must_use]
+    pub fn from_cgroup(cgroup: &std::path::Path) -> SandboxName {
+        let base = cgroup
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let cleaned: String = base
+            .chars()
+            .map(|c| if is_name_char(c) { c } else { '_' })
+            .take(64)
+            .collect();
+        SandboxName(if cleaned.is_empty() {
+            "sandbox".into()
+        } else {
+            cleaned
+        })
+    }
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+impl FromStr for SandboxName {
+    type Err = &'static str;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.is_empty() || text.len() > 64 || !text.chars().all(is_name_char) {
+            return Err("a sandbox name is 1 to 64 ASCII letters, digits, `-`, `_` or `.`");
+        }
+        Ok(SandboxName(text.to_owned()))
+    }
+}
+
+impl fmt::Display for SandboxName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -101,6 +213,8 @@ impl FromStr for SandboxSpec {
 #[derive(Default)]
 struct Parsed {
     netns: Option<PathBuf>,
+    name: Option<SandboxName>,
+    owner: Option<u32>,
     secrets: Vec<SecretName>,
     tls_ports: Vec<i64>,
     http_ports: Vec<i64>,
@@ -132,6 +246,14 @@ impl Parsed {
                 self.netns = Some(PathBuf::from(value));
             }
             "netns" => return Err(SpecError::BadNetns { spec: spec.into() }),
+            "name" => self.name = Some(value.parse().map_err(|why: &str| bad(why.to_owned()))?),
+            "owner" => {
+                self.owner = Some(
+                    value
+                        .parse()
+                        .map_err(|_| bad("not a process id".to_owned()))?,
+                );
+            }
             "port" => self.tls_ports.push(port()?.into()),
             "http-port" => self.http_ports.push(port()?.into()),
             "allow-tcp-port" => self.policy.allow_tcp_ports.push(port()?),
@@ -200,6 +322,30 @@ mod tests {
         assert_eq!(spec.policy.allow_tcp_ports, vec![22]);
         assert_eq!(spec.policy.allow_hosts[0].to_string(), "*.github.com");
         assert_eq!(spec.policy.deny_cidrs[0].to_string(), "192.0.2.0/24");
+    }
+
+    #[test]
+    fn the_canonical_form_parses_back_to_the_same_spec() {
+        for text in [
+            "/sys/fs/cgroup/a",
+            "sb1,netns=/run/netns/x,name=agent-1,owner=42,port=443,port=8443,http-port=8080,\
+             allow-tcp-port=22,allow-udp-port=123,allow-host=*.github.com,deny-host=x.test,\
+             allow-cidr=10.0.0.0/8,deny-cidr=192.0.2.0/24,secret=OPENAI_KEY",
+        ] {
+            let spec: SandboxSpec = text.parse().unwrap();
+            assert_eq!(spec.to_string(), text);
+            assert_eq!(spec.to_string().parse::<SandboxSpec>().unwrap(), spec);
+        }
+    }
+
+    #[test]
+    fn names_default_to_the_cgroup_directory() {
+        let path = std::path::Path::new("/sys/fs/cgroup/unified/gateway-exec-42");
+        assert_eq!(SandboxName::from_cgroup(path).as_str(), "gateway-exec-42");
+        let odd = std::path::Path::new("/cg/a b:c");
+        assert_eq!(SandboxName::from_cgroup(odd).as_str(), "a_b_c");
+        assert!("ok.name-1".parse::<SandboxName>().is_ok());
+        assert!("no/slash".parse::<SandboxName>().is_err());
     }
 
     #[test]
