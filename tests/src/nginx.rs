@@ -51,6 +51,7 @@ daemon off;
 events {{ worker_connections {conns}; }}
 http {{
     access_log off;
+    log_format headers '$server_protocol $request_uri authorization=$http_authorization';
     sendfile on;
     tcp_nopush on;
     keepalive_requests 1000000;
@@ -68,6 +69,10 @@ http {{
         ssl_protocols TLSv1.2 TLSv1.3;
         location = / {{ return 200 "nginx {name}\n"; }}
         location /files/ {{ alias {d}/files/; }}
+        location /headers {{
+            access_log {d}/headers.log headers;
+            return 200 "authorization=$http_authorization\n";
+        }}
     }}
 }}
 "#,
@@ -101,6 +106,12 @@ http {{
     /// The directory served under /files/.
     pub fn files(&self) -> PathBuf {
         self.dir.path().join("files")
+    }
+
+    /// What `/headers` requests carried, one line each: `PROTOCOL URI authorization=VALUE`
+    /// (what nginx received).
+    pub fn headers_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("headers.log")).unwrap_or_default()
     }
 
     /// nginx's error log so far.

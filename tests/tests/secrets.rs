@@ -7,7 +7,7 @@
 )]
 
 use std::{
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     process::{Command, Output},
     time::Duration,
@@ -18,6 +18,8 @@ use gateway_tests::{
     cmd,
     daemon::Daemon,
     gateway_bin,
+    net::UpstreamHost,
+    nginx::Nginx,
     pki::TestPki,
     py_script, require_root,
     sandbox::{SandboxCgroup, stdout_ok},
@@ -443,4 +445,63 @@ fn exec_hands_the_command_the_placeholder_never_the_value() {
     assert!(!stdout.contains(OPENAI_VALUE), "the command saw the value");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains(OPENAI_VALUE));
+}
+
+#[test]
+fn http2_headers_are_substituted_on_an_h2_upstream() {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let host = UpstreamHost::new().unwrap();
+    let cert = pki.issue("h2", &["api.openai.test"], &[]).unwrap();
+    let nginx = Nginx::start(
+        &host.ns,
+        "api.openai.test",
+        &cert,
+        SocketAddr::new(host.v4.into(), 443),
+    )
+    .unwrap();
+    let cgroup = SandboxCgroup::new().unwrap();
+    let config = format!(
+        "{}[[secrets]]\nname = \"OPENAI\"\nvalue_env = \"GW_TEST_OPENAI\"\nhosts = [\"api.openai.test\"]\n",
+        pki.trusted_config()
+    );
+    let mut daemon = Daemon::builder()
+        .sandbox(format!("{},secret=OPENAI", cgroup.path().display()))
+        .config(&config)
+        .env("GW_TEST_OPENAI", OPENAI_VALUE)
+        .start()
+        .unwrap();
+    let mut request = cmd(
+        "curl",
+        [
+            "-sS",
+            "--http2",
+            "--max-time",
+            "15",
+            "-w",
+            "\n%{http_version}",
+            "-H",
+            &format!("Authorization: Bearer {OPENAI}"),
+            "--cacert",
+            daemon.ca_file().to_str().unwrap(),
+            "--resolve",
+            &format!("api.openai.test:443:{}", host.v4),
+            "https://api.openai.test/headers",
+        ],
+    );
+    let text = stdout_ok(&cgroup.output(None, &mut request).unwrap()).unwrap();
+    // nginx echoes the header: the sandbox sees the placeholder, over HTTP/2 end to end.
+    assert_eq!(text, format!("authorization=Bearer {OPENAI}\n\n2"));
+    let received = nginx.headers_log();
+    assert_eq!(
+        received.trim(),
+        format!("HTTP/2.0 /headers authorization=Bearer {OPENAI_VALUE}")
+    );
+    let line = daemon
+        .wait_for("the connection line", Duration::from_secs(10), |v| {
+            v["message"] == "connection closed"
+        })
+        .unwrap();
+    assert_eq!(line["mode"], "intercept-secrets");
+    assert_eq!(line["alpn"], "h2");
 }
