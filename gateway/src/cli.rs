@@ -12,7 +12,7 @@ use gateway_proto::{
     sandbox_spec::SandboxSpec,
 };
 
-use crate::ebpf::pins::DEFAULT_PIN_DIR;
+use crate::{control::DEFAULT_STATE_DIR, ebpf::pins::DEFAULT_PIN_DIR};
 
 /// Egress gateway for sandboxes: redirects a sandbox cgroup's HTTPS through this host's gateway.
 #[derive(Debug, Parser)]
@@ -24,6 +24,9 @@ pub struct Cli {
     /// Configuration file (TOML); without it, built-in defaults (`gateway config default`).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Where the daemon keeps its control socket and remembers its sandboxes.
+    #[arg(long, global = true, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -51,6 +54,15 @@ pub enum Command {
     /// The configuration file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Sandboxes of the running daemon.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+    /// The running daemon's state.
+    Status(JsonArg),
+    /// Make the running daemon read its config file again.
+    Reload,
+    /// Detach every sandbox and remove every pin (stopping the daemon when one runs).
+    Down(DownArgs),
     /// exec's single-threaded helper (namespaces, privileges, PID 1); started by exec only.
     #[command(name = crate::exec::init::SUBCOMMAND, hide = true)]
     ExecInit(crate::exec::init::InitArgs),
@@ -77,6 +89,59 @@ pub enum ConfigCommand {
     Default,
 }
 
+/// `gateway sandbox ...`.
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Serve a cgroup: attach the programs, open its listeners.
+    Add(Box<SandboxAddArgs>),
+    /// Stop serving a sandbox; its established connections finish.
+    Rm {
+        /// Its name.
+        name: String,
+        #[command(flatten)]
+        json: JsonArg,
+    },
+    /// The sandboxes served.
+    Ls(JsonArg),
+}
+
+/// `--json`.
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `gateway sandbox add`.
+#[derive(Debug, Args)]
+pub struct SandboxAddArgs {
+    /// The sandbox's cgroup v2 directory (absolute, or relative to the cgroup2 mount).
+    #[arg(long)]
+    pub cgroup: PathBuf,
+    /// Its network namespace file (e.g. /run/netns/NAME), when it has its own.
+    #[arg(long)]
+    pub netns: Option<PathBuf>,
+    /// Its name (default: the cgroup directory's name).
+    #[arg(long)]
+    pub name: Option<gateway_proto::sandbox_spec::SandboxName>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// A `[[secrets]]` entry substituted for it. Repeatable.
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<gateway_proto::config::SecretName>,
+    #[command(flatten)]
+    pub json: JsonArg,
+}
+
+/// `gateway down`.
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// bpffs directory where maps and links are pinned (when no daemon runs).
+    #[arg(long, default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
 /// Tunables shared by `run` and `exec`.
 #[derive(Debug, Args)]
 pub struct EngineArgs {
@@ -100,11 +165,7 @@ pub struct RunArgs {
     /// names of exec's policy flags (port=N, http-port=N, allow-host=P, deny-host=P,
     /// allow-cidr=C, deny-cidr=C, allow-tcp-port=N, allow-udp-port=N), and the secrets it is
     /// given (secret=NAME). Repeatable.
-    #[arg(
-        long = "sandbox",
-        value_name = "CGROUP[,netns=PATH][,OPTION=VALUE]...",
-        required = true
-    )]
+    #[arg(long = "sandbox", value_name = "CGROUP[,netns=PATH][,OPTION=VALUE]...")]
     pub sandboxes: Vec<SandboxSpec>,
     /// bpffs directory where maps and links are pinned.
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -285,8 +346,11 @@ mod tests {
     }
 
     #[test]
-    fn run_needs_a_sandbox_and_reports_bad_ones() {
-        assert!(Cli::try_parse_from(["gateway", "run"]).is_err());
+    fn run_reports_bad_sandboxes() {
+        assert!(
+            Cli::try_parse_from(["gateway", "run"]).is_ok(),
+            "zero sandboxes is fine"
+        );
         let err = Cli::try_parse_from(["gateway", "run", "--sandbox", "x,port=0"]).unwrap_err();
         assert!(err.to_string().contains("port=0"), "{err}");
     }

@@ -3,7 +3,10 @@
 
 use std::{
     io,
-    sync::Arc,
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -11,6 +14,7 @@ use gateway_proto::{
     HostName,
     hello::{self, Incomplete, MAX_HELLO_LEN, Parsed},
     http_sniff::{self, Sniffed},
+    sandbox_spec::SandboxName,
 };
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
@@ -44,20 +48,75 @@ use crate::{
 pub struct SandboxContext {
     /// The sandbox served.
     pub id: SandboxId,
+    /// Its name.
+    pub name: SandboxName,
     /// Where the eBPF programs recorded original destinations.
     pub orig_dst: OrigDstTable,
     /// Connection time limits.
     pub timeouts: Timeouts,
-    /// The sandbox's policy: the route decision's inputs.
-    pub policy: Arc<SandboxPolicy>,
+    /// What its connections are judged by; replaced as a whole on reload, read once per
+    /// connection.
+    pub state: Arc<RwLock<Arc<SandboxState>>>,
     /// The CA and forged certificates.
     pub tls: Arc<TlsContext>,
-    /// The secrets the sandbox was given.
-    pub secrets: Arc<SandboxSecrets>,
     /// Tracks connection tasks, so shutdown can let them finish.
     pub connections: TaskTracker,
+    /// Open connections by mode, for every sandbox.
+    pub stats: Arc<ConnStats>,
+    /// This sandbox's open connections.
+    pub open: AtomicUsize,
     /// Cancelled when the gateway stops waiting for connections to finish.
     pub cancel: CancellationToken,
+}
+
+impl SandboxContext {
+    /// The policy and secrets connections are judged by now.
+    pub fn state(&self) -> Arc<SandboxState> {
+        Arc::clone(&self.state.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// This sandbox's connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// A sandbox's policy and secrets, as one snapshot.
+#[derive(Debug)]
+pub struct SandboxState {
+    /// The route decision's inputs.
+    pub policy: Arc<SandboxPolicy>,
+    /// The secrets it was given.
+    pub secrets: Arc<SandboxSecrets>,
+}
+
+/// Connections open now, by mode.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    open: [AtomicU64; Mode::ALL.len()],
+}
+
+impl ConnStats {
+    fn opened(&self, mode: Mode) {
+        self.open[mode as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn closed(&self, mode: Mode) {
+        self.open[mode as usize].fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// (mode, open connections) for every mode.
+    pub fn open_by_mode(&self) -> Vec<(String, u64)> {
+        Mode::ALL
+            .iter()
+            .map(|mode| {
+                (
+                    mode.as_str().to_owned(),
+                    self.open[*mode as usize].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
 }
 
 /// Why one sandbox connection was not relayed, or ended badly.
@@ -134,6 +193,7 @@ pub enum FirstBytesError {
 
 /// How a connection was handled, for its log line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(usize)]
 pub enum Mode {
     /// Not decided yet (failed before), or refused.
     #[default]
@@ -155,6 +215,18 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Every mode.
+    pub const ALL: [Mode; 8] = [
+        Mode::Undecided,
+        Mode::Intercept,
+        Mode::InterceptUnverified,
+        Mode::InterceptSecrets,
+        Mode::Bypass,
+        Mode::Plain,
+        Mode::Forbidden,
+        Mode::Http,
+    ];
+
     /// The name in logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -191,6 +263,8 @@ struct ConnInfo {
     orig_dst: Option<OrigDst>,
     sni: Option<String>,
     mode: Mode,
+    /// Whether `mode` was counted open in [`ConnStats`].
+    counted: bool,
     upstream: UpstreamFacts,
 }
 
@@ -198,10 +272,16 @@ struct ConnInfo {
 pub async fn handle(stream: TcpStream, client: ClientAddr, ctx: &SandboxContext) {
     let start = Instant::now();
     let mut info = ConnInfo::default();
+    let state = ctx.state();
+    ctx.open.fetch_add(1, Ordering::Relaxed);
     let result = tokio::select! {
-        result = try_handle(stream, client, ctx, &mut info) => result,
+        result = try_handle(stream, client, ctx, &state, &mut info) => result,
         () = ctx.cancel.cancelled() => Err(ConnError::Shutdown),
     };
+    ctx.open.fetch_sub(1, Ordering::Relaxed);
+    if info.counted {
+        ctx.stats.closed(info.mode);
+    }
     log_close(ctx.id, client, &info, start.elapsed(), &result);
 }
 
@@ -209,6 +289,7 @@ async fn try_handle(
     mut stream: TcpStream,
     client: ClientAddr,
     ctx: &SandboxContext,
+    state: &SandboxState,
     info: &mut ConnInfo,
 ) -> Result<RelayStats, ConnError> {
     let Some(entry) = ctx.orig_dst.take(&client.key(ctx.id))? else {
@@ -218,18 +299,21 @@ async fn try_handle(
     };
     let dst = OrigDst::from(entry);
     info.orig_dst = Some(dst);
-    if let Some(refusal) = ctx.policy.refuse_destination(dst) {
+    let policy = &state.policy;
+    if let Some(refusal) = policy.refuse_destination(dst) {
         return Err(ConnError::Refused(refusal));
     }
-    let kind = ctx.policy.port_kind(dst.0.port()).unwrap_or(PortKind::Tls);
+    let kind = policy.port_kind(dst.0.port()).unwrap_or(PortKind::Tls);
     // Both legs carry small interactive writes (TLS handshakes): do not delay them.
     let _ = stream.set_nodelay(true);
     let (prefix, first) = read_first_bytes(&mut stream, kind, ctx.timeouts.hello).await?;
     if let First::Hello(hello) = &first {
         info.sni = hello.sni.as_ref().map(ToString::to_string);
     }
-    let route = ctx.policy.route(dst, &first);
+    let route = policy.route(dst, &first);
     info.mode = Mode::of(&route);
+    ctx.stats.opened(info.mode);
+    info.counted = true;
     let alpn_offer = match first {
         First::Hello(hello) => hello.alpn,
         First::Http | First::Other { .. } | First::Malformed { .. } => Vec::new(),
@@ -259,7 +343,7 @@ async fn try_handle(
             )
             .await?;
             if route.http_aware {
-                serve_http_aware(intercepted, dst, route, ctx).await
+                serve_http_aware(intercepted, dst, route, ctx, state).await
             } else {
                 let Intercepted {
                     client, upstream, ..
@@ -269,8 +353,8 @@ async fn try_handle(
         }
         Route::Forbid(forbid) => forbid_tls(stream, prefix, &alpn_offer, forbid, ctx).await,
         Route::PlainHttp => {
-            let judge = Arc::new(NameJudge(Arc::clone(&ctx.policy)));
-            let filter = secrets_filter(ctx, true);
+            let judge = Arc::new(NameJudge(Arc::clone(policy)));
+            let filter = secrets_filter(state, ctx.id, true);
             Ok(
                 http::plain::proxy(stream, prefix, dst, judge, filter, ctx.id, ctx.timeouts)
                     .await?,
@@ -287,6 +371,7 @@ async fn serve_http_aware(
     dst: OrigDst,
     route: Intercept,
     ctx: &SandboxContext,
+    state: &SandboxState,
 ) -> Result<RelayStats, ConnError> {
     let Subject::Dns(sni) = route.subject.clone() else {
         unreachable!("the route reads requests only for names a secret may go to");
@@ -301,7 +386,7 @@ async fn serve_http_aware(
         stream: upstream,
         reopen,
     };
-    let filter = secrets_filter(ctx, false);
+    let filter = secrets_filter(state, ctx.id, false);
     let served = http::aware::serve(
         client,
         alpn.as_deref(),
@@ -336,13 +421,17 @@ fn reopener(
 
 /// The filter substituting the sandbox's secrets (none when it was given none). Over plain
 /// HTTP nothing is substituted and every placeholder is a violation.
-fn secrets_filter(ctx: &SandboxContext, cleartext: bool) -> Option<Arc<dyn http::Filter>> {
-    if ctx.secrets.is_empty() {
+fn secrets_filter(
+    state: &SandboxState,
+    sandbox: SandboxId,
+    cleartext: bool,
+) -> Option<Arc<dyn http::Filter>> {
+    if state.secrets.is_empty() {
         return None;
     }
     Some(Arc::new(SecretsFilter::new(
-        ctx.secrets.current(),
-        ctx.id,
+        state.secrets.current(),
+        sandbox,
         cleartext,
     )))
 }

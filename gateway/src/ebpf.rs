@@ -15,7 +15,10 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{
+        HashMap, LpmTrie, Map, MapData, MapError, MapInfo, MapType, PerCpuArray, PerCpuHashMap,
+        RingBuf,
+    },
     programs::{
         CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SockOps,
         links::{FdLink, LinkError},
@@ -112,6 +115,21 @@ pub enum EbpfError {
         #[source]
         source: std::io::Error,
     },
+    /// Adopting pinned state needs a pin directory.
+    #[error("there is no pin directory to adopt sandboxes from")]
+    NoPins,
+    /// A pinned map was made by a build with another map layout.
+    #[error(
+        "pinned map {pin} ({map}) has the layout {found} (type key/value sizes); this gateway \
+         needs {expected}. It was made by another version of the gateway: stop traffic through \
+         it, run `gateway down` (with that version) to detach its sandboxes, then start this one"
+    )]
+    LayoutChanged {
+        map: &'static str,
+        pin: PathBuf,
+        found: String,
+        expected: String,
+    },
 }
 
 /// The loaded programs and their maps.
@@ -137,9 +155,18 @@ impl fmt::Debug for Programs {
 }
 
 impl Programs {
-    /// Loads and verifies the programs; with `pins`, pins every map there for operators.
+    /// Loads and verifies the programs. With `pins`, every map is pinned there for operators,
+    /// and maps a previous daemon pinned there are used again (after checking that their
+    /// layout is this build's), so the sandboxes it served stay judged and redirected.
     pub fn load(pins: Option<PinDir>) -> Result<Self, EbpfError> {
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(pins) = &pins {
+            check_layouts(pins)?;
+            for layout in MAP_LAYOUTS {
+                loader.map_pin_path(layout.name, pins.map_path(layout.name));
+            }
+        }
+        let mut ebpf = loader
             .load(OBJECT)
             .map_err(|source| EbpfError::Object { source })?;
         for name in SOCK_ADDR_PROGRAMS {
@@ -158,17 +185,7 @@ impl Programs {
             name: SOCK_OPS,
             source,
         })?;
-        if let Some(pins) = &pins {
-            // Not used by the daemon, pinned so operators can see connects in flight.
-            let map = ebpf
-                .map(map_names::PENDING)
-                .ok_or_else(|| missing_map(map_names::PENDING))?;
-            pins.pin_map(map_names::PENDING, map)?;
-        }
-        let mut maps = MapTaker {
-            ebpf: &mut ebpf,
-            pins: pins.as_ref(),
-        };
+        let mut maps = MapTaker { ebpf: &mut ebpf };
         Ok(Programs {
             sandboxes: maps.take(map_names::SANDBOXES)?,
             port_rules: maps.take(map_names::PORT_RULES)?,
@@ -181,6 +198,143 @@ impl Programs {
             ebpf,
             pins,
         })
+    }
+
+    /// The sandboxes whose config is in `SANDBOXES`: cgroup id and config, as a previous
+    /// daemon left them.
+    pub fn pinned_sandboxes(&self) -> Vec<(u64, SandboxConf)> {
+        self.sandboxes.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Takes over a sandbox a previous daemon attached: its pinned links (programs missing from
+    /// them, e.g. after an upgrade that added one, are attached now), and its entries replaced
+    /// by `rules`.
+    pub fn adopt(
+        &mut self,
+        cgroup: &Cgroup,
+        rules: &SandboxRules,
+    ) -> Result<Attachment, EbpfError> {
+        let pins = self.pins.as_ref().ok_or(EbpfError::NoPins)?;
+        let mut adopted = Vec::new();
+        let mut missing = Vec::new();
+        for name in ALL_PROGRAMS {
+            match pins.adopt_link(&link_name(rules.sandbox_id, name))? {
+                Some(link) => adopted.push(AttachedLink::Pinned(link)),
+                None => missing.push(name),
+            }
+        }
+        self.purge(rules.sandbox_id);
+        self.install(cgroup.id(), rules)?;
+        for name in missing {
+            let link = self.attach_one(name, cgroup)?;
+            adopted.push(self.hold(rules.sandbox_id, name, link)?);
+        }
+        Ok(Attachment { links: adopted })
+    }
+
+    /// Replaces a sandbox's entries: `new` is written first, then what only `old` had is
+    /// removed, so no connect is judged by a half-empty rule set meanwhile.
+    pub fn update_rules(
+        &mut self,
+        cgroup_id: u64,
+        old: &SandboxRules,
+        new: &SandboxRules,
+    ) -> Result<(), EbpfError> {
+        self.install(cgroup_id, new)?;
+        let stale = SandboxRules {
+            ports: old
+                .ports
+                .iter()
+                .filter(|(key, _)| !new.ports.iter().any(|(k, _)| k == key))
+                .cloned()
+                .collect(),
+            addrs: old
+                .addrs
+                .iter()
+                .filter(|(cidr, _)| !new.addrs.iter().any(|(c, _)| c == cidr))
+                .cloned()
+                .collect(),
+            resolvers: old
+                .resolvers
+                .iter()
+                .filter(|ip| !new.resolvers.contains(ip))
+                .copied()
+                .collect(),
+            ..old.clone()
+        };
+        self.remove_rules(&stale);
+        Ok(())
+    }
+
+    /// Detaches and forgets a sandbox a previous daemon left, that cannot be adopted (its cgroup
+    /// is gone, or nobody remembers it): its pinned links, its config, its entries.
+    pub fn abandon(&mut self, cgroup_id: u64, sandbox_id: u32) {
+        if let Some(pins) = &self.pins {
+            for name in ALL_PROGRAMS {
+                match pins.adopt_link(&link_name(sandbox_id, name)) {
+                    Ok(Some(link)) => {
+                        if let Err(err) = link.detach() {
+                            tracing::warn!(sandbox = sandbox_id, error = %err, "failed to detach an abandoned link");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        tracing::warn!(sandbox = sandbox_id, error = %err, "failed to open an abandoned link")
+                    }
+                }
+            }
+        }
+        report_removal(
+            sandbox_id,
+            map_names::SANDBOXES,
+            self.sandboxes.remove(&cgroup_id),
+        );
+        self.purge(sandbox_id);
+        report_removal(
+            sandbox_id,
+            map_names::REFUSALS,
+            self.refusals.remove(&sandbox_id),
+        );
+    }
+
+    /// Removes every pin (`gateway down`); returns how many there were.
+    pub fn remove_pins(&mut self) -> Result<usize, EbpfError> {
+        match &self.pins {
+            Some(pins) => Ok(pins.remove_all()?.len()),
+            None => Ok(0),
+        }
+    }
+
+    /// Removes every rule entry of `sandbox_id`, whatever wrote it (a previous daemon with
+    /// another config).
+    pub fn purge(&mut self, sandbox_id: u32) {
+        let ports: Vec<PortKey> = self
+            .port_rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key.sandbox_id == sandbox_id)
+            .collect();
+        for key in ports {
+            let _ = self.port_rules.remove(&key);
+        }
+        let addrs: Vec<_> = self
+            .addr_rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key.data().sandbox_id == sandbox_id)
+            .collect();
+        for key in addrs {
+            let _ = self.addr_rules.remove(&key);
+        }
+        let resolvers: Vec<AddrKey> = self
+            .resolvers
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| key.sandbox_id == sandbox_id)
+            .collect();
+        for key in resolvers {
+            let _ = self.resolvers.remove(&key);
+        }
     }
 
     /// Installs a sandbox's policy entries and attaches the programs to its cgroup. The
@@ -205,13 +359,7 @@ impl Programs {
                     return Err(err);
                 }
             };
-            let link = match &self.pins {
-                Some(pins) => AttachedLink::Pinned(
-                    pins.pin_link(&format!("sandbox{}_{name}", rules.sandbox_id), link)?,
-                ),
-                None => AttachedLink::Fd(link),
-            };
-            links.push(link);
+            links.push(self.hold(rules.sandbox_id, name, link)?);
         }
         Ok(Attachment { links })
     }
@@ -236,11 +384,14 @@ impl Programs {
                 .map_err(map_err("insert into", map_names::RESOLVERS))?;
         }
         let cpus = aya::util::nr_cpus().map_err(|(_, source)| EbpfError::Cpus { source })?;
-        let zero = aya::maps::PerCpuValues::try_from(vec![Refusals::default(); cpus])
-            .map_err(|source| EbpfError::Cpus { source })?;
-        self.refusals
-            .insert(rules.sandbox_id, zero, 0)
-            .map_err(map_err("insert into", map_names::REFUSALS))?;
+        // Counts of an adopted sandbox go on from where they were.
+        if self.refusals.get(&rules.sandbox_id, 0).is_err() {
+            let zero = aya::maps::PerCpuValues::try_from(vec![Refusals::default(); cpus])
+                .map_err(|source| EbpfError::Cpus { source })?;
+            self.refusals
+                .insert(rules.sandbox_id, zero, 0)
+                .map_err(map_err("insert into", map_names::REFUSALS))?;
+        }
         let conf = SandboxConf {
             sandbox_id: rules.sandbox_id,
             listener_port: rules.listener_port,
@@ -249,6 +400,14 @@ impl Programs {
         self.sandboxes
             .insert(cgroup_id, conf, 0)
             .map_err(map_err("insert into", map_names::SANDBOXES))
+    }
+
+    /// Keeps a new link: pinned when pinning, so it outlives the daemon.
+    fn hold(&self, sandbox_id: u32, name: &str, link: FdLink) -> Result<AttachedLink, EbpfError> {
+        Ok(match &self.pins {
+            Some(pins) => AttachedLink::Pinned(pins.pin_link(&link_name(sandbox_id, name), link)?),
+            None => AttachedLink::Fd(link),
+        })
     }
 
     fn attach_one(&mut self, name: &'static str, cgroup: &Cgroup) -> Result<FdLink, EbpfError> {
@@ -284,29 +443,39 @@ impl Programs {
     /// programs stop judging it before its rules go. Entries already gone are fine; other
     /// failures are logged, since nothing else can be done about them.
     pub fn forget(&mut self, cgroup_id: u64, rules: &SandboxRules) {
-        let report = |map: &'static str, result: Result<(), MapError>| match result {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(err) => {
-                tracing::warn!(sandbox = rules.sandbox_id, map, error = %err, "failed to remove a sandbox's entry");
-            }
-        };
-        report(map_names::SANDBOXES, self.sandboxes.remove(&cgroup_id));
+        report_removal(
+            rules.sandbox_id,
+            map_names::SANDBOXES,
+            self.sandboxes.remove(&cgroup_id),
+        );
+        self.remove_rules(rules);
+        report_removal(
+            rules.sandbox_id,
+            map_names::REFUSALS,
+            self.refusals.remove(&rules.sandbox_id),
+        );
+    }
+
+    /// Removes the port, address and resolver entries of `rules`.
+    fn remove_rules(&mut self, rules: &SandboxRules) {
+        let id = rules.sandbox_id;
         for (key, _) in &rules.ports {
-            report(map_names::PORT_RULES, self.port_rules.remove(key));
+            report_removal(id, map_names::PORT_RULES, self.port_rules.remove(key));
         }
         for (cidr, _) in &rules.addrs {
-            report(
+            report_removal(
+                id,
                 map_names::ADDR_RULES,
                 self.addr_rules.remove(&rules.trie_key(cidr)),
             );
         }
         for resolver in &rules.resolvers {
-            report(
+            report_removal(
+                id,
                 map_names::RESOLVERS,
                 self.resolvers.remove(&rules.addr_key(*resolver)),
             );
         }
-        report(map_names::REFUSALS, self.refusals.remove(&rules.sandbox_id));
     }
 
     /// A sandbox's refusals so far, summed over CPUs.
@@ -380,10 +549,9 @@ fn missing_map(name: &'static str) -> EbpfError {
     }
 }
 
-/// Takes maps out of the object, pinning each when pinning.
+/// Takes maps out of the object (pinned already, when pinning: see [`Programs::load`]).
 struct MapTaker<'a> {
     ebpf: &'a mut Ebpf,
-    pins: Option<&'a PinDir>,
 }
 
 impl MapTaker<'_> {
@@ -392,11 +560,90 @@ impl MapTaker<'_> {
         name: &'static str,
     ) -> Result<T, EbpfError> {
         let map = self.ebpf.take_map(name).ok_or_else(|| missing_map(name))?;
-        if let Some(pins) = self.pins {
-            pins.pin_map(name, &map)?;
-        }
         T::try_from(map).map_err(|source| EbpfError::BadMap { name, source })
     }
+}
+
+/// The pinned name of a sandbox's link of program `program`.
+fn link_name(sandbox_id: u32, program: &str) -> String {
+    format!("sandbox{sandbox_id}_{program}")
+}
+
+fn report_removal(sandbox_id: u32, map: &'static str, result: Result<(), MapError>) {
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => {}
+        Err(err) => {
+            tracing::warn!(sandbox = sandbox_id, map, error = %err, "failed to remove a sandbox's entry");
+        }
+    }
+}
+
+/// What a map looks like, as this build's programs use it.
+struct MapLayout {
+    name: &'static str,
+    map_type: MapType,
+    key_size: usize,
+    value_size: usize,
+}
+
+/// Every map of the object. A pinned map that does not look like this was made by another
+/// build: using it would corrupt both.
+const MAP_LAYOUTS: [MapLayout; 9] = [
+    layout::<u64, SandboxConf>(map_names::SANDBOXES, MapType::Hash),
+    layout::<u64, OrigDstEntry>(map_names::PENDING, MapType::LruHash),
+    layout::<ClientKey, OrigDstEntry>(map_names::ORIG_DST, MapType::LruHash),
+    layout::<PortKey, PortRule>(map_names::PORT_RULES, MapType::Hash),
+    layout::<LpmKey, AddrRule>(map_names::ADDR_RULES, MapType::LpmTrie),
+    layout::<AddrKey, u32>(map_names::RESOLVERS, MapType::Hash),
+    layout::<u32, Refusals>(map_names::REFUSALS, MapType::PerCpuHash),
+    MapLayout {
+        name: map_names::REFUSAL_EVENTS,
+        map_type: MapType::RingBuf,
+        key_size: 0,
+        value_size: 0,
+    },
+    layout::<u32, u64>(map_names::COUNTERS, MapType::PerCpuArray),
+];
+
+/// An LPM trie key: the prefix length, then the data.
+type LpmKey = aya::maps::lpm_trie::Key<AddrKey>;
+
+const fn layout<K, V>(name: &'static str, map_type: MapType) -> MapLayout {
+    MapLayout {
+        name,
+        map_type,
+        key_size: size_of::<K>(),
+        value_size: size_of::<V>(),
+    }
+}
+
+/// Fails when a map pinned in `pins` does not look like this build's.
+fn check_layouts(pins: &PinDir) -> Result<(), EbpfError> {
+    for layout in &MAP_LAYOUTS {
+        let path = pins.map_path(layout.name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(|source| EbpfError::Map {
+            op: "inspect pinned",
+            map: layout.name,
+            source,
+        })?;
+        let same_type = info.map_type().is_ok_and(|t| t == layout.map_type);
+        let (key, value) = (info.key_size() as usize, info.value_size() as usize);
+        if !same_type || key != layout.key_size || value != layout.value_size {
+            return Err(EbpfError::LayoutChanged {
+                map: layout.name,
+                pin: path,
+                found: format!("{:?} {key}/{value}", info.map_type().ok()),
+                expected: format!(
+                    "{:?} {}/{}",
+                    layout.map_type, layout.key_size, layout.value_size
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// `ORIG_DST`, shared by the listeners; the lock is held for one lookup and its delete, never
@@ -437,23 +684,35 @@ impl OrigDstTable {
     }
 }
 
-/// Programs attached to one sandbox cgroup; dropping it detaches them (and removes their pins).
+/// Programs attached to one sandbox cgroup. Pinned ones stay attached when this is dropped
+/// (fail closed); [`Attachment::detach`] detaches every one.
 #[derive(Debug)]
 pub struct Attachment {
     links: Vec<AttachedLink>,
 }
 
 #[derive(Debug)]
-#[expect(
-    dead_code,
-    reason = "links are held only so that dropping them detaches the programs"
-)]
 enum AttachedLink {
+    /// Detached when dropped (no pin dir: `gateway exec` on its own).
     Fd(FdLink),
     Pinned(pins::PinnedLinkGuard),
 }
 
 impl Attachment {
+    /// Detaches every program; failures are logged (the cgroup may be gone already).
+    pub fn detach(self) {
+        for link in self.links {
+            match link {
+                AttachedLink::Fd(link) => drop(link),
+                AttachedLink::Pinned(link) => {
+                    if let Err(err) = link.detach() {
+                        tracing::warn!(error = %err, "failed to detach a sandbox's program");
+                    }
+                }
+            }
+        }
+    }
+
     /// How many programs are attached.
     pub fn len(&self) -> usize {
         self.links.len()

@@ -1,36 +1,43 @@
-//! The engine: the loaded eBPF programs, the sandboxes being served and their listeners, and
-//! the connections in flight. Used by `gateway run` and by `gateway exec` in-process.
+//! The engine: the loaded eBPF programs, the sandboxes being served (added, removed, adopted
+//! from a previous daemon, re-judged on reload) and their listeners, and the connections in
+//! flight. Used by `gateway run` and by `gateway exec` in-process.
 
 use std::{
     collections::BTreeMap,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
-    sync::{Arc, PoisonError},
-    time::Duration,
+    sync::{Arc, PoisonError, RwLock},
+    time::{Duration, Instant},
 };
 
 use gateway_proto::{
-    config::{PolicyConfig, PolicyError, PolicyOverrides, SecretConfig, SecretName, TlsConfig},
+    config::{PolicyConfig, PolicyError, SecretConfig, SecretName, TlsConfig},
     ports::PortList,
+    sandbox_spec::{SandboxName, SandboxSpec},
 };
+use rustls::crypto::CryptoProvider;
 use tokio::task::JoinSet;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
-    conn::SandboxContext,
+    conn::{ConnStats, SandboxContext, SandboxState},
+    control::{SandboxStatus, Status},
     ebpf::{Attachment, EbpfError, PinDir, Programs, SandboxRules},
     net::listener::{self, ListenError},
     policy::{
         SandboxPolicy, TlsPolicy,
         refusals::{Policies, log_refusals},
     },
+    process::Pidfd,
     relay::Timeouts,
     sandbox::{
         SandboxId,
         cgroup::{Cgroup, CgroupError},
-        netns::NetNs,
+        netns::{NetNs, NetNsError},
     },
     secrets::{SecretStore, SecretsError},
+    state::{Record, StateError, StateFile},
     tls::{TlsContext, TlsSetupError, ca::gateway_home, crypto_provider, upstream::UpstreamError},
 };
 
@@ -40,6 +47,9 @@ pub enum EngineError {
     /// A sandbox's cgroup could not be used.
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    /// A sandbox's network namespace could not be used.
+    #[error(transparent)]
+    NetNs(#[from] NetNsError),
     /// Loading, attaching or pinning eBPF failed.
     #[error(transparent)]
     Ebpf(#[from] EbpfError),
@@ -64,8 +74,43 @@ pub enum EngineError {
     #[error(transparent)]
     Secrets(#[from] SecretsError),
     /// The sandbox's overrides do not fit the config's policy.
-    #[error("sandbox policy: {0}")]
-    Policy(#[from] PolicyError),
+    #[error("sandbox {name}: {source}")]
+    Policy {
+        /// The sandbox.
+        name: SandboxName,
+        /// Why.
+        #[source]
+        source: PolicyError,
+    },
+    /// The sandboxes could not be remembered for the next daemon.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Another sandbox has the name.
+    #[error("there is already a sandbox named {name}")]
+    NameTaken {
+        /// The name.
+        name: SandboxName,
+    },
+    /// Another sandbox has the cgroup.
+    #[error("cgroup {} is already the sandbox {name}", .cgroup.display())]
+    CgroupTaken {
+        /// The cgroup.
+        cgroup: PathBuf,
+        /// The sandbox that has it.
+        name: SandboxName,
+    },
+    /// No sandbox has the name.
+    #[error("there is no sandbox named {name}")]
+    NoSuchSandbox {
+        /// The name asked for.
+        name: String,
+    },
+    /// The process a sandbox lives for is already gone.
+    #[error("the owner process {pid} of the sandbox is gone")]
+    OwnerGone {
+        /// Its pid.
+        pid: u32,
+    },
     /// The gateway process itself is inside a sandbox cgroup, so its upstream dials would loop.
     #[error(
         "the gateway runs inside sandbox cgroup {cgroup} (its own cgroup is {own}); run it outside every sandbox"
@@ -97,11 +142,19 @@ pub struct EngineOptions {
 #[derive(Debug)]
 struct Served {
     id: SandboxId,
+    spec: SandboxSpec,
     cgroup_id: u64,
-    cgroup: PathBuf,
     rules: SandboxRules,
     attachment: Attachment,
     accept_loops: Vec<tokio::task::AbortHandle>,
+    listener_port: u16,
+    /// What its connections are judged by; replaced on reload.
+    state: Arc<RwLock<Arc<SandboxState>>>,
+    /// The process it lives for (`gateway exec` through the daemon).
+    owner: Option<Pidfd>,
+    /// Its network namespace, held open so its listener's namespace cannot go away.
+    _netns: Option<OwnedFd>,
+    context: Arc<SandboxContext>,
 }
 
 /// The running gateway: loaded programs, and one listener (and accept tasks) per sandbox.
@@ -109,17 +162,21 @@ struct Served {
 pub struct Engine {
     programs: Programs,
     tls: Arc<TlsContext>,
+    provider: Arc<CryptoProvider>,
     tls_policy: Arc<TlsPolicy>,
     secrets: Arc<SecretStore>,
     /// The policies of the sandboxes served, by id (read by the refusal log).
     policies: Policies,
     options: EngineOptions,
-    served: Vec<Served>,
+    served: BTreeMap<SandboxName, Served>,
     /// The id the next sandbox gets; ids are never reused, even after a sandbox is dropped.
     next_id: u32,
     accept_loops: JoinSet<()>,
     connections: TaskTracker,
+    stats: Arc<ConnStats>,
     cancel: CancellationToken,
+    started: Instant,
+    state_file: Option<StateFile>,
 }
 
 /// What [`Engine::add_sandbox`] set up, for logs and callers.
@@ -127,6 +184,8 @@ pub struct Engine {
 pub struct SandboxInfo {
     /// The sandbox's id.
     pub id: SandboxId,
+    /// Its name.
+    pub name: SandboxName,
     /// Its listener's port (127.0.0.1 and ::1 in its namespace).
     pub listener_port: u16,
     /// Its intercepted TLS ports.
@@ -135,10 +194,25 @@ pub struct SandboxInfo {
     pub http_ports: PortList,
 }
 
+/// Whether a sandbox is new or a previous daemon's.
+enum Origin {
+    New,
+    /// Adopted: its id, and the listener port its pinned config names.
+    Adopted {
+        id: SandboxId,
+        port: u16,
+    },
+}
+
 impl Engine {
-    /// Loads the programs, pinning state in `pins` when given. Must be called inside the
-    /// tokio runtime (it starts the task logging refusals).
-    pub fn new(pins: Option<PinDir>, options: EngineOptions) -> Result<Self, EngineError> {
+    /// Loads the programs, pinning state in `pins` when given (and remembering the sandboxes
+    /// in `state_file`). Must be called inside the tokio runtime (it starts the task logging
+    /// refusals).
+    pub fn new(
+        pins: Option<PinDir>,
+        options: EngineOptions,
+        state_file: Option<StateFile>,
+    ) -> Result<Self, EngineError> {
         // TLS state first: a bad CA or CA file fails before anything is loaded.
         let provider = Arc::new(crypto_provider());
         let tls = Arc::new(TlsContext::new(&options.tls, &gateway_home(), &provider)?);
@@ -153,110 +227,291 @@ impl Engine {
         Ok(Engine {
             programs,
             tls,
+            provider,
             tls_policy,
             secrets,
             policies,
             options,
-            served: Vec::new(),
+            served: BTreeMap::new(),
             next_id: 1,
             accept_loops,
             connections: TaskTracker::new(),
+            stats: Arc::new(ConnStats::default()),
             cancel: CancellationToken::new(),
+            started: Instant::now(),
+            state_file,
         })
     }
 
-    /// Starts enforcing the policy (with `overrides`) on `cgroup` and serving its redirected
-    /// connections through a new listener; `secrets` are substituted in its requests. Must be
-    /// called inside the tokio runtime.
-    pub fn add_sandbox(
+    /// Takes over the sandboxes a previous daemon left pinned (and remembered): their links
+    /// stay attached, their listeners open again (on the same port when free), their rules are
+    /// made again from the current config. A remembered sandbox whose cgroup is gone is
+    /// detached and forgotten; so is a pinned one nobody remembers.
+    pub fn adopt_pinned(&mut self) -> Result<Vec<SandboxInfo>, EngineError> {
+        let records = match &self.state_file {
+            Some(file) => file.load()?,
+            None => Vec::new(),
+        };
+        let pinned: BTreeMap<u64, _> = self.programs.pinned_sandboxes().into_iter().collect();
+        self.next_id = records
+            .iter()
+            .map(|r| r.id + 1)
+            .chain(pinned.values().map(|c| c.sandbox_id + 1))
+            .max()
+            .unwrap_or(1);
+        let mut adopted = Vec::new();
+        for record in &records {
+            let conf = pinned.get(&record.cgroup_id);
+            match self.adopt_one(record, conf.map(|c| c.listener_port)) {
+                Ok(info) => adopted.push(info),
+                Err(err) => {
+                    warn!(sandbox = record.id, spec = record.spec, error = %err, "could not adopt a sandbox; detaching it");
+                    self.programs.abandon(record.cgroup_id, record.id);
+                }
+            }
+        }
+        for (cgroup_id, conf) in &pinned {
+            if !records.iter().any(|r| r.cgroup_id == *cgroup_id) {
+                warn!(
+                    sandbox = conf.sandbox_id,
+                    cgroup_id, "a pinned sandbox nobody remembers; detaching it"
+                );
+                self.programs.abandon(*cgroup_id, conf.sandbox_id);
+            }
+        }
+        self.save_state()?;
+        Ok(adopted)
+    }
+
+    fn adopt_one(
         &mut self,
+        record: &Record,
+        port: Option<u16>,
+    ) -> Result<SandboxInfo, EngineError> {
+        let spec: SandboxSpec = record
+            .spec
+            .parse()
+            .map_err(|_| EngineError::NoSuchSandbox {
+                name: record.spec.clone(),
+            })?;
+        let cgroup = Cgroup::open(&spec.cgroup)?;
+        if cgroup.id() != record.cgroup_id {
+            return Err(EngineError::Cgroup(CgroupError::Missing {
+                path: spec.cgroup.clone(),
+            }));
+        }
+        let origin = Origin::Adopted {
+            id: SandboxId(record.id),
+            port: port.unwrap_or(0),
+        };
+        self.serve(spec, &cgroup, origin)
+    }
+
+    /// Starts enforcing its policy on the cgroup of `spec` and serving its redirected
+    /// connections through a new listener. Must be called inside the tokio runtime.
+    pub fn add_sandbox(&mut self, spec: SandboxSpec) -> Result<SandboxInfo, EngineError> {
+        let cgroup = Cgroup::open(&spec.cgroup)?;
+        let info = self.serve(spec, &cgroup, Origin::New)?;
+        self.save_state()?;
+        Ok(info)
+    }
+
+    /// What adding and adopting share: the policy, the listener, the programs.
+    fn serve(
+        &mut self,
+        mut spec: SandboxSpec,
         cgroup: &Cgroup,
-        netns: Option<&NetNs>,
-        overrides: &PolicyOverrides,
-        secrets: &[SecretName],
+        origin: Origin,
     ) -> Result<SandboxInfo, EngineError> {
         refuse_own_cgroup(cgroup.path())?;
-        let policy = self.options.policy.with_overrides(overrides)?;
-        let secrets = Arc::new(self.secrets.for_sandbox(secrets)?);
-        let id = SandboxId(self.next_id);
-        self.next_id += 1;
-        let policy = Arc::new(SandboxPolicy::new(
-            policy,
-            Arc::clone(&self.tls_policy),
-            secrets.scope(),
-        ));
+        spec.cgroup = cgroup.path().to_owned();
+        let name = spec
+            .name
+            .clone()
+            .unwrap_or_else(|| SandboxName::from_cgroup(cgroup.path()));
+        spec.name = Some(name.clone());
+        self.refuse_duplicate(&name, cgroup.path())?;
+        let owner =
+            spec.owner
+                .map(Pidfd::open)
+                .transpose()
+                .map_err(|_| EngineError::OwnerGone {
+                    pid: spec.owner.unwrap_or(0),
+                })?;
+        let netns = spec.netns.as_deref().map(NetNs::open).transpose()?;
+        let state = Arc::new(self.sandbox_state(&spec, &name)?);
+        let (id, preferred) = match origin {
+            Origin::New => {
+                let id = SandboxId(self.next_id);
+                self.next_id += 1;
+                (id, None)
+            }
+            Origin::Adopted { id, port } => (id, (port != 0).then_some(port)),
+        };
         let listen_err = |source| EngineError::Listen {
             sandbox: id,
             cgroup: cgroup.path().into(),
             source,
         };
-        let bound = listener::bind(netns).map_err(listen_err)?;
+        let bound = listener::bind(netns.as_ref(), preferred).map_err(listen_err)?;
         let listener_port = bound.port;
         let listeners = bound.into_tokio().map_err(listen_err)?;
-        // Listeners accept before the programs redirect anything, so no connect is lost.
-        let ctx = Arc::new(SandboxContext {
+        let slot = Arc::new(RwLock::new(Arc::clone(&state)));
+        let context = Arc::new(SandboxContext {
             id,
+            name: name.clone(),
             orig_dst: self.programs.orig_dst(),
             timeouts: self.options.timeouts,
-            policy: Arc::clone(&policy),
-            secrets,
+            state: Arc::clone(&slot),
             tls: Arc::clone(&self.tls),
             connections: self.connections.clone(),
+            stats: Arc::clone(&self.stats),
+            open: Default::default(),
             cancel: self.cancel.clone(),
         });
-        let handles: Vec<_> = listeners
+        // Listeners accept before the programs redirect anything, so no connect is lost.
+        let accept_loops: Vec<_> = listeners
             .into_iter()
             .map(|listener| {
                 self.accept_loops
-                    .spawn(listener::serve(listener, Arc::clone(&ctx)))
+                    .spawn(listener::serve(listener, Arc::clone(&context)))
             })
             .collect();
-        let rules = policy.rules(id, listener_port);
-        match self.programs.attach(cgroup, &rules) {
-            Ok(attachment) => {
-                self.policies
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(id, Arc::clone(&policy));
-                self.served.push(Served {
-                    id,
-                    cgroup_id: cgroup.id(),
-                    cgroup: cgroup.path().into(),
-                    rules,
-                    accept_loops: handles,
-                    attachment,
-                });
-                Ok(SandboxInfo {
-                    id,
-                    listener_port,
-                    tls_ports: policy.config.tls_ports.clone(),
-                    http_ports: policy.config.http_ports.clone(),
-                })
-            }
+        let rules = state.policy.rules(id, listener_port);
+        let attached = match origin {
+            Origin::New => self.programs.attach(cgroup, &rules),
+            Origin::Adopted { .. } => self.programs.adopt(cgroup, &rules),
+        };
+        let attachment = match attached {
+            Ok(attachment) => attachment,
             Err(err) => {
-                handles.iter().for_each(tokio::task::AbortHandle::abort);
-                Err(err.into())
+                accept_loops
+                    .iter()
+                    .for_each(tokio::task::AbortHandle::abort);
+                return Err(err.into());
             }
+        };
+        self.policies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::clone(&state.policy));
+        let info = SandboxInfo {
+            id,
+            name: name.clone(),
+            listener_port,
+            tls_ports: state.policy.config.tls_ports.clone(),
+            http_ports: state.policy.config.http_ports.clone(),
+        };
+        self.served.insert(
+            name,
+            Served {
+                id,
+                spec,
+                cgroup_id: cgroup.id(),
+                rules,
+                attachment,
+                accept_loops,
+                listener_port,
+                state: slot,
+                owner,
+                _netns: netns.map(|ns| ns.into_fd()),
+                context,
+            },
+        );
+        Ok(info)
+    }
+
+    fn refuse_duplicate(&self, name: &SandboxName, cgroup: &Path) -> Result<(), EngineError> {
+        if self.served.contains_key(name) {
+            return Err(EngineError::NameTaken { name: name.clone() });
         }
+        if let Some((other, _)) = self.served.iter().find(|(_, s)| s.spec.cgroup == cgroup) {
+            return Err(EngineError::CgroupTaken {
+                cgroup: cgroup.to_owned(),
+                name: other.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The policy and secrets of a sandbox of `spec`, from the current config.
+    fn sandbox_state(
+        &self,
+        spec: &SandboxSpec,
+        name: &SandboxName,
+    ) -> Result<SandboxState, EngineError> {
+        let policy = self
+            .options
+            .policy
+            .with_overrides(&spec.policy)
+            .map_err(|source| EngineError::Policy {
+                name: name.clone(),
+                source,
+            })?;
+        let secrets = Arc::new(self.secrets.for_sandbox(&spec.secrets)?);
+        let policy = Arc::new(SandboxPolicy::new(
+            policy,
+            Arc::clone(&self.tls_policy),
+            secrets.scope(),
+        ));
+        Ok(SandboxState { policy, secrets })
+    }
+
+    /// Stops serving the sandbox `name` and detaches its programs; its open connections go on
+    /// until they end.
+    pub fn remove_sandbox(&mut self, name: &str) -> Result<(), EngineError> {
+        let key: SandboxName = name
+            .parse()
+            .map_err(|_| EngineError::NoSuchSandbox { name: name.into() })?;
+        let served = self
+            .served
+            .remove(&key)
+            .ok_or_else(|| EngineError::NoSuchSandbox { name: name.into() })?;
+        self.stop_serving(served, "removed");
+        self.save_state()?;
+        Ok(())
     }
 
     /// Stops serving sandboxes whose cgroup was removed (the kernel has already detached their
-    /// programs), logging each; other sandboxes are untouched.
-    pub fn drop_removed_sandboxes(&mut self) {
-        let (gone, kept): (Vec<_>, Vec<_>) =
-            self.served.drain(..).partition(|s| !s.cgroup.exists());
-        self.served = kept;
-        for served in gone {
-            warn!(sandbox = %served.id, cgroup = %served.cgroup.display(), "sandbox cgroup was removed; no longer serving it");
-            self.stop_serving(served);
+    /// programs) or whose owner process is gone, logging each; other sandboxes are untouched.
+    /// Returns the cgroups of the owned ones, for the caller to remove (off the runtime).
+    pub fn drop_gone_sandboxes(&mut self) -> Vec<PathBuf> {
+        let gone: Vec<SandboxName> = self
+            .served
+            .iter()
+            .filter(|(_, s)| !s.spec.cgroup.exists() || s.owner.as_ref().is_some_and(Pidfd::exited))
+            .map(|(name, _)| name.clone())
+            .collect();
+        let mut owned_cgroups = Vec::new();
+        for name in gone {
+            let Some(served) = self.served.remove(&name) else {
+                continue;
+            };
+            let why = if served.spec.cgroup.exists() {
+                "its owner process is gone"
+            } else {
+                "its cgroup was removed"
+            };
+            warn!(sandbox = %name, cgroup = %served.spec.cgroup.display(), why, "no longer serving a sandbox");
+            if served.owner.is_some() && served.spec.cgroup.exists() {
+                owned_cgroups.push(served.spec.cgroup.clone());
+            }
+            self.stop_serving(served, "gone");
         }
+        if !owned_cgroups.is_empty()
+            && let Err(err) = self.save_state()
+        {
+            warn!(error = %err, "could not remember the sandboxes");
+        }
+        owned_cgroups
     }
 
-    /// Stops accepting for a sandbox, detaches its programs and forgets its config. Its open
+    /// Stops accepting for a sandbox, detaches its programs and forgets its entries. Its open
     /// connections go on until they end (or shutdown closes them).
-    fn stop_serving(&mut self, served: Served) {
+    fn stop_serving(&mut self, served: Served, why: &str) {
         let Served {
             id,
+            spec,
             cgroup_id,
             rules,
             attachment,
@@ -266,16 +521,17 @@ impl Engine {
         accept_loops
             .iter()
             .for_each(tokio::task::AbortHandle::abort);
-        drop(attachment);
+        attachment.detach();
+        let name = spec.name.map(|n| n.to_string()).unwrap_or_default();
         match self.programs.refusals(id.0) {
             Ok(refusals) => info!(
-                sandbox = %id, refused_address = refusals.address,
+                sandbox = %id, name, why, refused_address = refusals.address,
                 refused_tcp_port = refusals.tcp_port, refused_udp_port = refusals.udp_port,
                 refused_quic = refusals.quic, refused_socket = refusals.socket,
                 "sandbox detached"
             ),
             Err(err) => {
-                warn!(sandbox = %id, error = %err, "sandbox detached; its refusal counts are unreadable")
+                warn!(sandbox = %id, name, error = %err, "sandbox detached; its refusal counts are unreadable");
             }
         }
         self.programs.forget(cgroup_id, &rules);
@@ -283,6 +539,102 @@ impl Engine {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+    }
+
+    /// Judges every sandbox by `options` from now on (bypass, upstream rules, policy, secrets):
+    /// new connections see the new settings, established ones go on. Nothing changes unless
+    /// every part of it could be made.
+    pub fn reload(&mut self, options: EngineOptions) -> Result<(), EngineError> {
+        let tls_policy = Arc::new(TlsPolicy::new(&options.tls, &self.provider)?);
+        let secrets = Arc::new(SecretStore::load(&options.secrets)?);
+        let previous = std::mem::replace(&mut self.options, options);
+        let (old_tls, old_secrets) = (
+            std::mem::replace(&mut self.tls_policy, tls_policy),
+            std::mem::replace(&mut self.secrets, secrets),
+        );
+        let mut states = BTreeMap::new();
+        for (name, served) in &self.served {
+            match self.sandbox_state(&served.spec, name) {
+                Ok(state) => {
+                    states.insert(name.clone(), state);
+                }
+                Err(err) => {
+                    self.options = previous;
+                    self.tls_policy = old_tls;
+                    self.secrets = old_secrets;
+                    return Err(err);
+                }
+            }
+        }
+        for (name, state) in states {
+            let Some(served) = self.served.get_mut(&name) else {
+                continue;
+            };
+            let rules = state.policy.rules(served.id, served.listener_port);
+            self.programs
+                .update_rules(served.cgroup_id, &served.rules, &rules)?;
+            served.rules = rules;
+            self.policies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(served.id, Arc::clone(&state.policy));
+            *served.state.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(state);
+        }
+        Ok(())
+    }
+
+    /// The environment a command given `names` gets (each secret's variable set to its
+    /// placeholder).
+    ///
+    /// # Errors
+    /// [`SecretsError::Unknown`] for a name the config does not have.
+    pub fn secret_environment(
+        &self,
+        names: &[SecretName],
+    ) -> Result<Vec<(String, String)>, SecretsError> {
+        self.secrets.environment(names)
+    }
+
+    /// The sandboxes, as `sandbox ls` shows them.
+    pub fn list(&self) -> Vec<SandboxStatus> {
+        self.served
+            .iter()
+            .map(|(name, served)| status_of(name, served))
+            .collect()
+    }
+
+    /// One sandbox, as `sandbox ls` shows it.
+    pub fn sandbox_status(&self, name: &SandboxName) -> Option<SandboxStatus> {
+        self.served.get(name).map(|served| status_of(name, served))
+    }
+
+    /// The daemon's state, as `status` shows it.
+    pub fn status(&self) -> Status {
+        let mut counters: Vec<(String, u64)> = match self.programs.counters() {
+            Ok(counters) => counters
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
+            Err(err) => {
+                warn!(error = %err, "counters unreadable");
+                Vec::new()
+            }
+        };
+        counters.push(("certs_generated".into(), self.tls.certs.generated()));
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            sandboxes: self.served.len(),
+            connections: self.stats.open_by_mode(),
+            certs_cached: self.tls.certs.len(),
+            certs_generated: self.tls.certs.generated(),
+            counters,
+            pin_dir: self
+                .programs
+                .pin_dir()
+                .map(Path::to_owned)
+                .unwrap_or_default(),
+        }
     }
 
     /// Connections being handled right now.
@@ -306,38 +658,37 @@ impl Engine {
         }
     }
 
-    /// Reads every secret's value again; new requests use the new values. On failure the old
-    /// values stay.
-    ///
-    /// # Errors
-    /// The value that could not be read, naming its secret and source.
-    pub fn reload_secrets(&self) -> Result<usize, SecretsError> {
-        self.secrets.reload()
-    }
-
-    /// The environment a command given `names` gets (each secret's variable set to its
-    /// placeholder).
-    ///
-    /// # Errors
-    /// [`SecretsError::Unknown`] for a name the config does not have.
-    pub fn secret_environment(
-        &self,
-        names: &[SecretName],
-    ) -> Result<Vec<(String, String)>, SecretsError> {
-        self.secrets.environment(names)
-    }
-
     /// The gateway CA's certificate (PEM), for clients' trust.
     pub fn ca_pem(&self) -> &str {
         self.tls.ca.cert_pem()
     }
 
-    /// Detaches every sandbox and stops accepting; lets open connections finish for up to
-    /// `drain` and then closes them (each logs its line); removes the pins. Returns the final
-    /// counters (see [`Engine::counters`]).
+    fn save_state(&self) -> Result<(), EngineError> {
+        let Some(file) = &self.state_file else {
+            return Ok(());
+        };
+        let records: Vec<Record> = self
+            .served
+            .values()
+            .map(|served| Record {
+                id: served.id.0,
+                cgroup_id: served.cgroup_id,
+                spec: served.spec.to_string(),
+            })
+            .collect();
+        Ok(file.save(&records)?)
+    }
+
+    /// Stops accepting; lets open connections finish for up to `drain` and then closes them
+    /// (each logs its line). The sandboxes' pinned programs stay attached, so their connects
+    /// fail until a daemon adopts them (fail closed); unpinned ones (exec on its own) are
+    /// detached. Returns the final counters (see [`Engine::counters`]).
     pub async fn shutdown(mut self, drain: Duration) -> String {
-        for served in std::mem::take(&mut self.served) {
-            self.stop_serving(served);
+        for served in self.served.values() {
+            served
+                .accept_loops
+                .iter()
+                .for_each(tokio::task::AbortHandle::abort);
         }
         self.accept_loops.shutdown().await;
         self.connections.close();
@@ -353,7 +704,48 @@ impl Engine {
             self.cancel.cancel();
             self.connections.wait().await;
         }
-        self.counters()
+        let counters = self.counters();
+        // Dropping the attachments keeps pinned links attached and detaches the rest.
+        self.served.clear();
+        counters
+    }
+
+    /// `gateway down`: detaches every sandbox, forgets its entries, removes every pin and the
+    /// remembered sandboxes. Returns how many pins were removed.
+    pub async fn down(mut self) -> Result<usize, EngineError> {
+        for (_, served) in std::mem::take(&mut self.served) {
+            self.stop_serving(served, "down");
+        }
+        self.accept_loops.shutdown().await;
+        self.cancel.cancel();
+        self.connections.close();
+        self.connections.wait().await;
+        if let Some(file) = &self.state_file {
+            file.remove()?;
+        }
+        Ok(self.programs.remove_pins()?)
+    }
+}
+
+/// How `sandbox ls` shows a sandbox.
+fn status_of(name: &SandboxName, served: &Served) -> SandboxStatus {
+    let state = Arc::clone(&served.state.read().unwrap_or_else(PoisonError::into_inner));
+    SandboxStatus {
+        name: name.to_string(),
+        id: served.id.0,
+        cgroup: served.spec.cgroup.clone(),
+        netns: served.spec.netns.clone(),
+        listener_port: served.listener_port,
+        tls_ports: state.policy.config.tls_ports.as_slice().to_vec(),
+        http_ports: state.policy.config.http_ports.as_slice().to_vec(),
+        secrets: served
+            .spec
+            .secrets
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        spec: served.spec.to_string(),
+        connections: served.context.open_connections(),
     }
 }
 
@@ -375,4 +767,23 @@ fn refuse_own_cgroup(sandbox: &Path) -> Result<(), EngineError> {
         });
     }
     Ok(())
+}
+
+/// Removes cgroups left by execs whose owner died (killing what is left in them), off the
+/// runtime.
+pub async fn remove_owned_cgroups(cgroups: Vec<PathBuf>) {
+    if cgroups.is_empty() {
+        return;
+    }
+    let removed =
+        tokio::task::spawn_blocking(crate::sandbox::cgroup::remove_stale_exec_cgroups).await;
+    match removed {
+        Ok(Ok(paths)) => {
+            for path in cgroups.iter().filter(|c| !paths.contains(c)) {
+                warn!(cgroup = %path.display(), "a dead exec's cgroup is still there");
+            }
+        }
+        Ok(Err(err)) => warn!(error = %err, "could not remove dead execs' cgroups"),
+        Err(err) => warn!(error = %err, "removing dead execs' cgroups did not finish"),
+    }
 }

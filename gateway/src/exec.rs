@@ -21,11 +21,15 @@ pub mod user;
 use std::{
     ffi::OsString,
     os::unix::process::{CommandExt as _, ExitStatusExt as _},
+    path::PathBuf,
     process::Command,
 };
 
 use clap::ValueEnum as _;
-use gateway_proto::config::{PolicyOverrides, SecretName};
+use gateway_proto::{
+    config::{PolicyOverrides, SecretName},
+    sandbox_spec::SandboxSpec,
+};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
@@ -35,6 +39,7 @@ use self::{
 };
 use crate::{
     cli::LogFormat,
+    control::{self, ControlError, Request, Response},
     engine::{Engine, EngineError, EngineOptions},
     process::{self, ProcessError, Signals},
     sandbox::{
@@ -80,6 +85,15 @@ pub enum ExecError {
         #[source]
         source: std::io::Error,
     },
+    /// The running daemon refused the sandbox.
+    #[error("the gateway daemon refused the sandbox: {error}")]
+    Daemon {
+        /// Its answer.
+        error: String,
+    },
+    /// The running daemon could not be asked.
+    #[error(transparent)]
+    Control(#[from] ControlError),
     /// A blocking task (user lookup, trust material, cleanup) did not finish.
     #[error("{task}: {source}")]
     Task {
@@ -102,6 +116,8 @@ pub struct ExecOptions {
     pub user: Option<UserSpec>,
     /// `--secret`: the secrets substituted for this command (it gets their placeholders).
     pub secrets: Vec<SecretName>,
+    /// Where a running daemon's control socket is.
+    pub state_dir: PathBuf,
     /// The log format, passed on to the helper.
     pub log_format: LogFormat,
     /// The command and its arguments (at least the program).
@@ -176,40 +192,143 @@ async fn run_in_sandbox(
         .new_netns
         .then(|| NetNs::new_isolated(name))
         .transpose()?;
-    let mut engine = Engine::new(None, options.engine.clone())?;
-    let (name, ca_pem) = (name.to_string(), engine.ca_pem().to_string());
+    let spec = exec_spec(cgroup, netns.as_ref(), options);
+    let socket = control::socket_path(&options.state_dir);
+    let served = if control::daemon_running(&socket) {
+        Served::through_daemon(socket, spec).await?
+    } else {
+        Served::in_process(options, spec)?
+    };
+    let (name, ca_pem) = (name.to_string(), served.ca_pem.clone());
     let bundle = trust.insert(
         blocking("writing the trust bundle", move || {
             TrustBundle::prepare(&name, &ca_pem)
         })
         .await??,
     );
-    let sandbox = engine.add_sandbox(
-        cgroup.cgroup(),
-        netns.as_ref(),
-        &options.policy,
-        &options.secrets,
-    )?;
-    let placeholders = engine
-        .secret_environment(&options.secrets)
-        .map_err(EngineError::from)?;
     info!(
-        sandbox = %sandbox.id, cgroup = %cgroup.cgroup().path().display(),
+        sandbox = %served.name, cgroup = %cgroup.cgroup().path().display(),
         netns = netns.as_ref().map(NetNs::label).unwrap_or("host"),
-        listener_port = sandbox.listener_port, tls_ports = %sandbox.tls_ports,
-        http_ports = %sandbox.http_ports,
+        gateway = served.gateway.describe(),
         uid = identity.uid.as_raw(), user = %identity.name,
         "sandbox ready"
     );
     let helper = Helper {
         identity,
         trust: bundle,
-        placeholders: &placeholders,
+        placeholders: &served.placeholders,
     };
     let status = run_helper(options, cgroup, netns.as_ref(), &helper, signals).await;
-    let counters = engine.shutdown(options.engine.drain_timeout).await;
-    info!(counters, "sandbox done");
+    served.finish(options.engine.drain_timeout).await;
     status
+}
+
+/// The sandbox of this command: its spec as the engine takes it. A daemon learns the command's
+/// network namespace through a path into this process, and watches this process (the owner).
+fn exec_spec(
+    cgroup: &TransientCgroup,
+    netns: Option<&NetNs>,
+    options: &ExecOptions,
+) -> SandboxSpec {
+    let mut spec = SandboxSpec::new(cgroup.cgroup().path().to_owned());
+    spec.netns = netns.map(NetNs::proc_path);
+    spec.owner = Some(std::process::id());
+    spec.policy = options.policy.clone();
+    spec.secrets = options.secrets.clone();
+    spec
+}
+
+/// Where the sandbox is served.
+enum Gateway {
+    /// By the running daemon, which removes it when asked (or when this process is gone).
+    Daemon { socket: PathBuf },
+    /// By an engine of this process, for the command's lifetime.
+    Own(Box<Engine>),
+}
+
+impl Gateway {
+    fn describe(&self) -> &'static str {
+        match self {
+            Gateway::Daemon { .. } => "daemon",
+            Gateway::Own(_) => "in-process",
+        }
+    }
+}
+
+/// The sandbox as served, with what the command needs from its gateway.
+struct Served {
+    gateway: Gateway,
+    name: String,
+    ca_pem: String,
+    placeholders: Vec<(String, String)>,
+}
+
+impl Served {
+    /// Registers the sandbox with the running daemon: no second engine.
+    async fn through_daemon(socket: PathBuf, spec: SandboxSpec) -> Result<Served, ExecError> {
+        let request = Request::SandboxAdd {
+            spec: spec.to_string(),
+        };
+        let asked = socket.clone();
+        let response = blocking("registering with the daemon", move || {
+            control::request(&asked, &request)
+        })
+        .await??;
+        match response {
+            Response::Added(added) => Ok(Served {
+                gateway: Gateway::Daemon { socket },
+                name: added.sandbox.name,
+                ca_pem: added.ca_pem,
+                placeholders: added.environment,
+            }),
+            Response::Error { error } => Err(ExecError::Daemon { error }),
+            other => Err(ExecError::Daemon {
+                error: format!("unexpected answer {other:?}"),
+            }),
+        }
+    }
+
+    /// Serves the sandbox from an engine of this process (no daemon runs).
+    fn in_process(options: &ExecOptions, spec: SandboxSpec) -> Result<Served, ExecError> {
+        let mut engine = Engine::new(None, options.engine.clone(), None)?;
+        let placeholders = engine
+            .secret_environment(&spec.secrets)
+            .map_err(EngineError::from)?;
+        let info = engine.add_sandbox(spec)?;
+        Ok(Served {
+            name: info.name.to_string(),
+            ca_pem: engine.ca_pem().to_owned(),
+            placeholders,
+            gateway: Gateway::Own(Box::new(engine)),
+        })
+    }
+
+    /// The command is done: the sandbox goes.
+    async fn finish(self, drain: std::time::Duration) {
+        match self.gateway {
+            Gateway::Own(engine) => {
+                let counters = engine.shutdown(drain).await;
+                info!(counters, "sandbox done");
+            }
+            Gateway::Daemon { socket } => {
+                let request = Request::SandboxRm { name: self.name };
+                match blocking("unregistering from the daemon", move || {
+                    control::request(&socket, &request)
+                })
+                .await
+                {
+                    Ok(Ok(Response::Removed { .. })) => info!("sandbox done"),
+                    Ok(Ok(other)) => {
+                        warn!(answer = ?other, "the daemon did not remove the sandbox; it will when this process is gone")
+                    }
+                    Ok(Err(err)) => {
+                        warn!(error = %err, "could not unregister from the daemon; it removes the sandbox when this process is gone")
+                    }
+                    Err(err) => warn!(error = %err, "unregistering did not finish"),
+                }
+            }
+        }
+    }
 }
 
 /// Starts the helper confined to the sandbox and waits for it, passing SIGINT and SIGTERM on.

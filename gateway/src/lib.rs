@@ -4,8 +4,10 @@
 //! spliced raw, or intercepted with a forged certificate from a local CA (`tls`) and
 //! re-encrypted to where it was going.
 
+pub mod admin;
 pub mod cli;
 pub mod conn;
+pub mod control;
 pub mod ebpf;
 pub mod engine;
 pub mod exec;
@@ -18,4 +20,5 @@ pub mod relay;
 pub mod run;
 pub mod sandbox;
 pub mod secrets;
+pub mod state;
 pub mod tls;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::anyhow;
 use clap::Parser as _;
 use gateway::{
+    admin,
     cli::{CaCommand, Cli, Command, ConfigCommand, EngineArgs, NetnsMode},
     engine::EngineOptions,
     exec::{self, ExecOptions},
@@ -13,7 +14,7 @@ use gateway::{
     run::{self, RunOptions},
     tls::ca::{CertAuthority, gateway_home, locate},
 };
-use gateway_proto::config::{Config, DEFAULT_TOML};
+use gateway_proto::config::{Config, DEFAULT_TOML, SandboxTable};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,6 +33,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let log_format = cli.log_format;
     let cli = match cli.command {
         Command::Config(command) => return Ok(config_command(&command)),
+        Command::Sandbox(command) => return admin_output(admin::sandbox(&cli.state_dir, command)),
+        Command::Status(json) => return admin_output(admin::status(&cli.state_dir, json.json)),
+        Command::Reload => return admin_output(admin::reload(&cli.state_dir)),
+        Command::Down(args) => return admin_output(admin::down(&cli.state_dir, &args)),
         // Before anything starts a thread: the helper forks.
         Command::ExecInit(args) => return Ok(exit_code(exec::init::run(args)?)),
         command => Cli { command, ..cli },
@@ -43,7 +48,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()
         .map_err(|err| anyhow!("starting the async runtime: {err}"))?;
     match cli.command {
-        Command::Config(_) | Command::ExecInit(_) => unreachable!("handled above"),
+        Command::Config(_)
+        | Command::ExecInit(_)
+        | Command::Sandbox(_)
+        | Command::Status(_)
+        | Command::Reload
+        | Command::Down(_) => unreachable!("handled above"),
         Command::Ca(command) => {
             let home = gateway_home();
             let ca = config.tls.ca();
@@ -56,9 +66,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => {
+            let mut sandboxes = args.sandboxes;
+            sandboxes.extend(config.sandbox.iter().map(SandboxTable::to_spec));
             let options = RunOptions {
-                sandboxes: args.sandboxes,
+                sandboxes,
                 pin_dir: args.pin_dir,
+                state_dir: cli.state_dir.clone(),
+                config_path: cli.config.clone(),
                 engine: engine(&args.engine, &config),
             };
             runtime.block_on(run::run(options))?;
@@ -74,6 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 engine: engine(&args.engine, &config),
                 user: args.user,
                 secrets: args.secrets,
+                state_dir: cli.state_dir.clone(),
                 log_format,
                 command: args.command,
             };
@@ -85,6 +100,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// A command's exit code as this process's (codes outside 0..=255 saturate).
 fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(u8::MAX))
+}
+
+/// Prints what an operator command answered; its error goes to stderr with exit 1.
+fn admin_output(result: Result<String, admin::AdminError>) -> anyhow::Result<ExitCode> {
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 /// `gateway config check|default`: works without root and without a runtime.

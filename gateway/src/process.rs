@@ -187,3 +187,38 @@ fn release_free_memory() {
 
 #[cfg(not(target_env = "gnu"))]
 fn release_free_memory() {}
+
+/// A process watched through a pidfd: unlike its pid, it cannot come to name another process.
+#[derive(Debug)]
+pub struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    /// Watches the running process `pid`.
+    ///
+    /// # Errors
+    /// The `pidfd_open` error (ESRCH: no such process).
+    pub fn open(pid: u32) -> std::io::Result<Pidfd> {
+        let pid = libc::pid_t::try_from(pid)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; nix has
+        // no wrapper for it.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = std::os::fd::RawFd::try_from(fd)
+            .map_err(|_| std::io::Error::other("descriptor out of range"))?;
+        // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+        Ok(Pidfd(unsafe {
+            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+        }))
+    }
+
+    /// Whether the process has exited (its pidfd is readable then).
+    pub fn exited(&self) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd as _;
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+}

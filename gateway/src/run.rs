@@ -1,19 +1,23 @@
-//! `gateway run`: the long-lived daemon serving the sandboxes named on its command line until
-//! SIGINT or SIGTERM.
+//! `gateway run`: the long-lived daemon. It adopts what a previous daemon left pinned, serves
+//! the sandboxes of its command line and config, takes requests on its control socket, reloads
+//! its config on SIGHUP, and on SIGINT/SIGTERM drains and exits leaving the programs pinned
+//! (fail closed) for the next daemon to adopt.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use gateway_proto::sandbox_spec::SandboxSpec;
+use gateway_proto::{config::Config, sandbox_spec::SandboxSpec};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::{
+    control::{self, Added, ControlError, Incoming, Request, Response},
     ebpf::{PinDir, pins::PinError},
-    engine::{Engine, EngineError, EngineOptions},
+    engine::{Engine, EngineError, EngineOptions, remove_owned_cgroups},
     process::{self, ProcessError, Signal, Signals, Trim},
-    sandbox::{
-        cgroup::{Cgroup, CgroupError},
-        netns::{NetNs, NetNsError},
-    },
+    state::{StateError, StateFile},
 };
 
 /// Why the daemon could not start.
@@ -22,15 +26,15 @@ pub enum RunError {
     /// Not root, or no signal handling.
     #[error(transparent)]
     Process(#[from] ProcessError),
-    /// A sandbox's cgroup could not be opened.
-    #[error(transparent)]
-    Cgroup(#[from] CgroupError),
-    /// A sandbox's network namespace could not be opened.
-    #[error(transparent)]
-    NetNs(#[from] NetNsError),
     /// The pin directory could not be taken.
     #[error(transparent)]
     Pin(#[from] PinError),
+    /// The state directory could not be used.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The control socket could not be made.
+    #[error(transparent)]
+    Control(#[from] ControlError),
     /// The engine or a sandbox could not be set up.
     #[error(transparent)]
     Engine(#[from] EngineError),
@@ -39,78 +43,198 @@ pub enum RunError {
 /// Options of `gateway run`.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
-    /// Sandboxes to serve.
+    /// Sandboxes to serve (command line, then config).
     pub sandboxes: Vec<SandboxSpec>,
     /// Where maps and links are pinned.
     pub pin_dir: PathBuf,
+    /// Where the control socket and the remembered sandboxes live.
+    pub state_dir: PathBuf,
+    /// The config file, read again on reload.
+    pub config_path: Option<PathBuf>,
     /// Engine tunables.
     pub engine: EngineOptions,
 }
 
-/// SIGHUP: new requests use the secrets' current values (files may have been rotated).
-fn reload_secrets(engine: &Engine) {
-    match engine.reload_secrets() {
-        Ok(count) => info!(secrets = count, "secret values reloaded"),
-        Err(err) => warn!(error = %err, "secret values not reloaded; the previous ones stay"),
-    }
-}
+/// How often the daemon checks that sandbox cgroups, owners and its pins still exist.
+const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
 
-/// How often the daemon checks that sandbox cgroups and its pins still exist.
-const HOUSEKEEPING_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Serves the sandboxes until SIGINT or SIGTERM, then drains and detaches.
+/// Runs the daemon until SIGINT/SIGTERM (drain, leave the pins) or `gateway down` (detach
+/// everything, remove the pins).
 pub async fn run(options: RunOptions) -> Result<(), RunError> {
     process::require_root()?;
     process::raise_nofile_limit();
     process::no_core_dumps();
     let mut signals = Signals::new()?;
-    // Every sandbox is checked before anything is loaded or pinned.
-    let mut opened = Vec::with_capacity(options.sandboxes.len());
-    for spec in &options.sandboxes {
-        let cgroup = Cgroup::open(&spec.cgroup)?;
-        let netns = spec.netns.as_deref().map(NetNs::open).transpose()?;
-        opened.push((spec, cgroup, netns));
-    }
     let pins = PinDir::create(&options.pin_dir)?;
-    let mut engine = Engine::new(Some(pins), options.engine.clone())?;
-    for (spec, cgroup, netns) in opened {
-        let info = engine.add_sandbox(&cgroup, netns.as_ref(), &spec.policy, &spec.secrets)?;
-        info!(
-            sandbox = %info.id, cgroup = %cgroup.path().display(), cgroup_id = cgroup.id(),
-            netns = netns.as_ref().map(NetNs::label).unwrap_or("host"),
-            listener_port = info.listener_port, tls_ports = %info.tls_ports,
-            http_ports = %info.http_ports,
-            "sandbox attached"
-        );
+    let state = StateFile::in_dir(&options.state_dir)?;
+    let mut engine = Engine::new(Some(pins), options.engine.clone(), Some(state))?;
+    for info in engine.adopt_pinned()? {
+        info!(sandbox = %info.id, name = %info.name, listener_port = info.listener_port, "sandbox adopted");
     }
-    info!(pin_dir = %options.pin_dir.display(), sandboxes = options.sandboxes.len(), "gateway ready");
-    let signal = serve_until_signal(&mut engine, &mut signals).await;
-    info!(signal = %signal, "shutting down");
-    let counters = engine.shutdown(options.engine.drain_timeout).await;
-    info!(counters, "gateway stopped");
+    for spec in &options.sandboxes {
+        add_configured(&mut engine, spec)?;
+    }
+    let socket = control::socket_path(&options.state_dir);
+    let listener = control::bind(&socket)?;
+    let (requests, mut incoming) = mpsc::channel(16);
+    let control_task = tokio::spawn(control::serve(listener, requests));
+    info!(pin_dir = %options.pin_dir.display(), control = %socket.display(), sandboxes = engine.list().len(), "gateway ready");
+    let mut daemon = Daemon {
+        engine,
+        options: &options,
+    };
+    let ending = daemon.serve(&mut signals, &mut incoming).await;
+    control_task.abort();
+    let _ = std::fs::remove_file(&socket);
+    let Daemon { engine, .. } = daemon;
+    match ending {
+        Ending::Signal(signal) => {
+            info!(signal = %signal, "shutting down; the sandboxes stay confined until a daemon adopts them");
+            let counters = engine.shutdown(options.engine.drain_timeout).await;
+            info!(counters, "gateway stopped");
+        }
+        Ending::Down(reply) => {
+            let result = engine.down().await;
+            let response = match &result {
+                Ok(removed) => Response::Down { removed: *removed },
+                Err(err) => Response::Error {
+                    error: err.to_string(),
+                },
+            };
+            let _ = reply.send(response);
+            let removed = result?;
+            info!(
+                removed_pins = removed,
+                "gateway down: every sandbox detached, every pin removed"
+            );
+        }
+    }
     Ok(())
 }
 
-/// Serves until SIGINT/SIGTERM, meanwhile reloading secret values on SIGHUP and noticing
-/// sandboxes whose cgroup is removed and pins removed under the daemon.
-async fn serve_until_signal(engine: &mut Engine, signals: &mut Signals) -> Signal {
-    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
-    let mut pins_warned = false;
-    let mut trim = Trim::default();
-    loop {
-        tokio::select! {
-            signal = signals.recv() => match signal {
-                Signal::Hangup => reload_secrets(engine),
-                stop => return stop,
-            },
-            _ = housekeeping.tick() => {
-                engine.drop_removed_sandboxes();
-                trim.after_load(engine.open_connections());
-                if !engine.pins_present() && !pins_warned {
-                    pins_warned = true;
-                    warn!("pinned maps and links were removed under the daemon; sandboxes stay redirected while it runs, but would not fail closed if it died: restart it to pin again");
+/// A sandbox of the command line or config: added, unless one was adopted for its cgroup.
+fn add_configured(engine: &mut Engine, spec: &SandboxSpec) -> Result<(), EngineError> {
+    if let Some(existing) = engine.list().into_iter().find(|s| s.cgroup == spec.cgroup) {
+        info!(name = existing.name, cgroup = %spec.cgroup.display(), "sandbox already adopted");
+        return Ok(());
+    }
+    let info = engine.add_sandbox(spec.clone())?;
+    info!(
+        sandbox = %info.id, name = %info.name, cgroup = %spec.cgroup.display(),
+        netns = spec.netns.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_else(|| "host".into()),
+        listener_port = info.listener_port, tls_ports = %info.tls_ports,
+        http_ports = %info.http_ports,
+        "sandbox attached"
+    );
+    Ok(())
+}
+
+/// How serving ended.
+enum Ending {
+    Signal(Signal),
+    /// `gateway down`: the reply goes out once everything is detached.
+    Down(tokio::sync::oneshot::Sender<Response>),
+}
+
+struct Daemon<'a> {
+    engine: Engine,
+    options: &'a RunOptions,
+}
+
+impl Daemon<'_> {
+    async fn serve(
+        &mut self,
+        signals: &mut Signals,
+        incoming: &mut mpsc::Receiver<Incoming>,
+    ) -> Ending {
+        let mut housekeeping = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+        let mut pins_warned = false;
+        let mut trim = Trim::default();
+        loop {
+            tokio::select! {
+                signal = signals.recv() => match signal {
+                    Signal::Hangup => {
+                        if let Err(err) = self.reload() {
+                            warn!(error = err, "config not reloaded; the previous one stays");
+                        }
+                    }
+                    stop => return Ending::Signal(stop),
+                },
+                Some(Incoming { request, reply }) = incoming.recv() => {
+                    if request == Request::Down {
+                        return Ending::Down(reply);
+                    }
+                    let _ = reply.send(self.answer(request));
+                }
+                _ = housekeeping.tick() => {
+                    let owned = self.engine.drop_gone_sandboxes();
+                    tokio::spawn(remove_owned_cgroups(owned));
+                    trim.after_load(self.engine.open_connections());
+                    if !self.engine.pins_present() && !pins_warned {
+                        pins_warned = true;
+                        warn!("pinned maps and links were removed under the daemon; sandboxes stay confined while it runs, but would not fail closed if it died: restart it to pin again");
+                    }
                 }
             }
         }
+    }
+
+    fn answer(&mut self, request: Request) -> Response {
+        let result = match request {
+            Request::SandboxAdd { spec } => self.add(&spec),
+            Request::SandboxRm { name } => self
+                .engine
+                .remove_sandbox(&name)
+                .map(|()| Response::Removed { name })
+                .map_err(|err| err.to_string()),
+            Request::SandboxLs => Ok(Response::Sandboxes(self.engine.list())),
+            Request::Status => Ok(Response::Status(Box::new(self.engine.status()))),
+            Request::Reload => self.reload().map(|()| Response::Reloaded),
+            Request::Down => Err("down is handled by the main loop".to_owned()),
+        };
+        result.unwrap_or_else(|error| Response::Error { error })
+    }
+
+    fn add(&mut self, spec: &str) -> Result<Response, String> {
+        let spec: SandboxSpec = spec
+            .parse()
+            .map_err(|err: gateway_proto::sandbox_spec::SpecError| err.to_string())?;
+        let environment = self
+            .engine
+            .secret_environment(&spec.secrets)
+            .map_err(|err| err.to_string())?;
+        let info = self
+            .engine
+            .add_sandbox(spec)
+            .map_err(|err| err.to_string())?;
+        info!(sandbox = %info.id, name = %info.name, listener_port = info.listener_port, "sandbox added");
+        let sandbox = self
+            .engine
+            .sandbox_status(&info.name)
+            .ok_or_else(|| "the sandbox went away at once".to_owned())?;
+        Ok(Response::Added(Box::new(Added {
+            sandbox,
+            ca_pem: self.engine.ca_pem().to_owned(),
+            environment,
+        })))
+    }
+
+    /// Reads the config file again and judges every sandbox by it from now on.
+    fn reload(&mut self) -> Result<(), String> {
+        let Some(path) = &self.options.config_path else {
+            return Err(
+                "the daemon runs without a config file (--config): nothing to reload".into(),
+            );
+        };
+        let config = Config::load(path).map_err(|err| err.to_string())?;
+        let options = EngineOptions {
+            tls: config.tls,
+            policy: config.policy,
+            secrets: config.secrets,
+            ..self.options.engine.clone()
+        };
+        self.engine.reload(options).map_err(|err| err.to_string())?;
+        info!(config = %path.display(), "config reloaded");
+        Ok(())
     }
 }

@@ -87,7 +87,7 @@ struct Log {
 }
 
 /// How to start a daemon: `Daemon::builder().sandbox(spec).config(toml).start()`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DaemonBuilder {
     bin: Option<PathBuf>,
     sandboxes: Vec<String>,
@@ -168,31 +168,49 @@ impl DaemonBuilder {
         self
     }
 
-    /// Starts `gateway --log-format json --config FILE run --sandbox ... --pin-dir DIR ARGS`
-    /// with its own pin directory and `$GATEWAY_HOME` (so its own CA), and waits for
-    /// `gateway ready`.
-    pub fn start(self) -> anyhow::Result<Daemon> {
-        let bin = match self.bin {
-            Some(bin) => bin,
-            None => gateway_bin()?,
-        };
+    /// Starts `gateway --log-format json --config FILE --state-dir DIR run --sandbox ...
+    /// --pin-dir DIR ARGS` with its own pin directory, state directory (control socket) and
+    /// `$GATEWAY_HOME` (so its own CA), and waits for `gateway ready`.
+    pub fn start(mut self) -> anyhow::Result<Daemon> {
+        if self.bin.is_none() {
+            self.bin = Some(gateway_bin()?);
+        }
         let home = tempfile::tempdir()?;
-        let config_file = home.path().join("gateway.toml");
-        std::fs::write(&config_file, &self.config)?;
+        std::fs::write(home.path().join("gateway.toml"), &self.config)?;
         let pin_dir = PathBuf::from("/sys/fs/bpf").join(unique("gwtest-"));
-        let mut command = Command::new(&bin);
+        let log = Arc::new(Mutex::new(Log::default()));
+        let process = self.spawn(home.path(), &pin_dir, &log)?;
+        let mut daemon = Daemon {
+            process,
+            pin_dir,
+            home,
+            log,
+            builder: self,
+        };
+        daemon.wait_until("gateway ready", READY_TIMEOUT, |d| {
+            d.summary().count("gateway ready") > 0
+        })?;
+        Ok(daemon)
+    }
+
+    /// Starts the daemon process with `home` and `pin_dir`, its log going to `log`.
+    fn spawn(&self, home: &Path, pin_dir: &Path, log: &Arc<Mutex<Log>>) -> anyhow::Result<Guarded> {
+        let bin = self.bin.as_deref().context("no gateway binary")?;
+        let mut command = Command::new(bin);
         command
             .args(["--log-format", "json", "--config"])
-            .arg(&config_file)
+            .arg(home.join("gateway.toml"))
+            .arg("--state-dir")
+            .arg(home.join("state"))
             .arg("run");
         for spec in &self.sandboxes {
             command.arg("--sandbox").arg(spec);
         }
         command
             .arg("--pin-dir")
-            .arg(&pin_dir)
+            .arg(pin_dir)
             .args(&self.args)
-            .env("GATEWAY_HOME", home.path())
+            .env("GATEWAY_HOME", home)
             .env("RUST_LOG", &self.rust_log)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -202,20 +220,10 @@ impl DaemonBuilder {
             .spawn()
             .with_context(|| format!("starting {command:?}"))?;
         let stderr = child.stderr.take().context("daemon stderr")?;
-        let log = Arc::new(Mutex::new(Log::default()));
-        let sink = Arc::clone(&log);
+        let sink = Arc::clone(log);
         let sink_kind = self.sink;
         std::thread::spawn(move || capture(stderr, sink_kind, &sink));
-        let mut daemon = Daemon {
-            process: Guarded::new("gateway daemon", child, STOP_GRACE),
-            pin_dir,
-            home,
-            log,
-        };
-        daemon.wait_until("gateway ready", READY_TIMEOUT, |d| {
-            d.summary().count("gateway ready") > 0
-        })?;
-        Ok(daemon)
+        Ok(Guarded::new("gateway daemon", child, STOP_GRACE))
     }
 }
 
@@ -240,13 +248,16 @@ fn lock(log: &Mutex<Log>) -> MutexGuard<'_, Log> {
     log.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A running daemon; on drop it is stopped (SIGTERM, SIGKILL after 15 s) and its pins removed.
+/// A running daemon; on drop it is stopped (SIGTERM, SIGKILL after 15 s) and its pins removed
+/// (a stopped daemon leaves them, by design: fail closed).
 #[derive(Debug)]
 pub struct Daemon {
     process: Guarded,
     pin_dir: PathBuf,
     home: tempfile::TempDir,
     log: Arc<Mutex<Log>>,
+    /// How it was started, to start it again.
+    builder: DaemonBuilder,
 }
 
 impl Daemon {
@@ -268,6 +279,43 @@ impl Daemon {
     /// The daemon's pin directory.
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// The daemon's state directory (its control socket, its remembered sandboxes).
+    pub fn state_dir(&self) -> PathBuf {
+        self.home.path().join("state")
+    }
+
+    /// The daemon's config file (rewrite it, then [`Daemon::reload`] or SIGHUP).
+    pub fn config_file(&self) -> PathBuf {
+        self.home.path().join("gateway.toml")
+    }
+
+    /// Runs `gateway --state-dir DIR ARGS` (an operator command to this daemon) and returns
+    /// its output.
+    pub fn control<I, S>(&self, args: I) -> anyhow::Result<std::process::Output>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let bin = self.builder.bin.as_deref().context("no gateway binary")?;
+        let mut command = Command::new(bin);
+        command.arg("--state-dir").arg(self.state_dir()).args(args);
+        command
+            .output()
+            .with_context(|| format!("running {command:?}"))
+    }
+
+    /// Starts the daemon again after [`Daemon::stop`] or [`Daemon::crash`], with the same pin
+    /// directory, state, config and CA, and waits for its `gateway ready`.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let before = self.summary().count("gateway ready");
+        self.process = self
+            .builder
+            .spawn(self.home.path(), &self.pin_dir, &self.log)?;
+        self.wait_until("gateway ready again", READY_TIMEOUT, |d| {
+            d.summary().count("gateway ready") > before
+        })
     }
 
     /// Every log line so far (JSON objects; non-JSON lines as strings); none with
@@ -407,7 +455,7 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits (up to 15 s) for it to exit; fails if it had to be killed. Its
-    /// pins are left to the daemon (a clean stop removes them).
+    /// pins stay (fail closed) until [`Daemon::restart`] adopts them or the guard drops.
     pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
         let ending = self.process.terminate().context("daemon already stopped")?;
         ending.status().with_context(|| format!("daemon {ending}"))

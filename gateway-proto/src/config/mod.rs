@@ -4,6 +4,7 @@
 
 mod error;
 mod policy;
+mod sandbox;
 mod secrets;
 mod values;
 
@@ -14,6 +15,7 @@ use serde::Deserialize;
 pub use self::{
     error::{ConfigError, Position},
     policy::{NameDenial, NameRules, PolicyConfig, PolicyError, PolicyOverrides},
+    sandbox::SandboxTable,
     secrets::{
         EnvName, MAX_PLACEHOLDER_LEN, Placeholder, SecretConfig, SecretName, Substitute,
         ViolationAction,
@@ -36,6 +38,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `[[secrets]]`: credentials substituted for placeholders on the wire.
     pub secrets: Vec<SecretConfig>,
+    /// `[[sandbox]]`: sandboxes `gateway run` serves from the start.
+    pub sandbox: Vec<SandboxTable>,
 }
 
 /// The `[tls]` section.
@@ -173,7 +177,28 @@ impl Config {
     pub fn validate(&self) -> Result<(), Invalid> {
         self.tls.validate()?;
         self.policy.validate()?;
-        secrets::validate(&self.secrets)
+        secrets::validate(&self.secrets)?;
+        self.validate_sandboxes()
+    }
+
+    /// Each `[[sandbox]]` gets secrets that exist.
+    fn validate_sandboxes(&self) -> Result<(), Invalid> {
+        for (index, sandbox) in self.sandbox.iter().enumerate() {
+            for (at, name) in sandbox.secrets.iter().enumerate() {
+                if !self.secrets.iter().any(|secret| &secret.name == name) {
+                    return Err(Invalid {
+                        key: vec![
+                            Key::name("sandbox"),
+                            Key::Index(index),
+                            Key::name("secrets"),
+                            Key::Index(at),
+                        ],
+                        reason: format!("there is no [[secrets]] entry named {name}"),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -484,3 +484,19 @@ fn secrets_are_checked_with_the_key_and_line() {
         assert_eq!(error_text(text), format!("{FILE}: {expected}"), "{text}");
     }
 }
+
+#[test]
+fn sandbox_tables_become_specs_and_need_known_secrets() {
+    let text = "[[sandbox]]\ncgroup = \"/cg/agent1\"\nname = \"agent1\"\nallow_tcp_ports = [22]\n\
+                allow_hosts = [\"*.github.com\"]\n";
+    let spec = parse(text).unwrap().sandbox[0].to_spec();
+    assert_eq!(
+        spec.to_string(),
+        "/cg/agent1,name=agent1,allow-tcp-port=22,allow-host=*.github.com"
+    );
+    assert_eq!(
+        error_text("[[sandbox]]\ncgroup = \"/cg/a\"\nsecrets = [\"NOPE\"]\n"),
+        "/etc/gateway.toml: sandbox[0].secrets[0]: there is no [[secrets]] entry named NOPE \
+         (line 3, column 12)"
+    );
+}

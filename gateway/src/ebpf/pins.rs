@@ -1,5 +1,5 @@
 //! The bpffs directory (default /sys/fs/bpf/gateway) where maps and links are pinned, so
-//! operators can inspect them with bpftool and sandboxes stay redirected if the daemon dies.
+//! operators can inspect them with bpftool and sandboxes stay confined while no daemon runs.
 
 use std::{
     fs::{self, File},
@@ -8,7 +8,6 @@ use std::{
 };
 
 use aya::{
-    maps::Map,
     pin::PinError as AyaPinError,
     programs::links::{FdLink, PinnedLink},
 };
@@ -41,12 +40,28 @@ pub enum PinError {
         #[source]
         source: AyaPinError,
     },
+    /// Removing a link's pin failed.
+    #[error("unpinning {path}: {source}")]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A pinned link could not be opened.
+    #[error("opening the pinned link {path}: {source}")]
+    Adopt {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
 }
 
 /// `statfs` magic of bpffs.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// A locked pin directory; dropping it removes the directory and the map pins in it.
+/// A locked pin directory. Pins outlive the daemon on purpose: while they exist the sandboxes'
+/// programs stay attached and their connects fail without a daemon (fail closed); a new daemon
+/// adopts them. Only [`PinDir::remove_all`] (`gateway down`) takes them away.
 #[derive(Debug)]
 pub struct PinDir {
     path: PathBuf,
@@ -56,7 +71,7 @@ pub struct PinDir {
 
 impl PinDir {
     /// Creates (or takes over) `path`, holding an exclusive lock on it while this value lives.
-    /// Pins left by a daemon that died are removed: this daemon attaches afresh.
+    /// What a previous daemon pinned there stays.
     pub fn create(path: &Path) -> Result<Self, PinError> {
         let io_err = |op| {
             move |source| PinError::Io {
@@ -73,14 +88,10 @@ impl PinDir {
         }
         let lock = Flock::lock(lock, FlockArg::LockExclusiveNonblock)
             .map_err(|_| PinError::Locked { path: path.into() })?;
-        let dir = PinDir {
+        Ok(PinDir {
             path: path.into(),
             _lock: lock,
-        };
-        for stale in dir.remove_pins()? {
-            tracing::warn!(pin = %stale.display(), "removed stale pin left by a previous gateway");
-        }
-        Ok(dir)
+        })
     }
 
     /// The directory.
@@ -88,8 +99,19 @@ impl PinDir {
         &self.path
     }
 
-    /// Removes every pin in the directory (not the directory), returning what was removed.
-    fn remove_pins(&self) -> Result<Vec<PathBuf>, PinError> {
+    /// Where the map `name` is pinned: `<dir>/<lower-case name>`.
+    pub fn map_path(&self, name: &str) -> PathBuf {
+        self.path.join(name.to_ascii_lowercase())
+    }
+
+    /// Where the link `name` is pinned: `<dir>/links/<name>`.
+    pub fn link_path(&self, name: &str) -> PathBuf {
+        self.path.join("links").join(name)
+    }
+
+    /// Removes every pin: the links first (detaching their programs), then the maps, then the
+    /// directories. Returns what was removed.
+    pub fn remove_all(&self) -> Result<Vec<PathBuf>, PinError> {
         let mut removed = Vec::new();
         for dir in [self.path.join("links"), self.path.clone()] {
             let entries = fs::read_dir(&dir).map_err(|source| PinError::Io {
@@ -109,53 +131,55 @@ impl PinDir {
                 }
             }
         }
+        for dir in [self.path.join("links"), self.path.clone()] {
+            fs::remove_dir(&dir).map_err(|source| PinError::Io {
+                op: "remove",
+                path: dir.clone(),
+                source,
+            })?;
+        }
         Ok(removed)
-    }
-
-    /// Pins `map` as `<dir>/<lower-case name>`.
-    pub fn pin_map(&self, name: &str, map: &Map) -> Result<(), PinError> {
-        let path = self.path.join(name.to_ascii_lowercase());
-        map.pin(&path)
-            .map_err(|source| PinError::Pin { path, source })
     }
 
     /// Pins `link` as `<dir>/links/<name>`.
     pub fn pin_link(&self, name: &str, link: FdLink) -> Result<PinnedLinkGuard, PinError> {
-        let path = self.path.join("links").join(name);
+        let path = self.link_path(name);
         let link = link.pin(&path).map_err(|source| PinError::Pin {
             path: path.clone(),
             source,
         })?;
-        Ok(PinnedLinkGuard {
-            link: Some(link),
-            path,
-        })
+        Ok(PinnedLinkGuard { link, path })
     }
-}
 
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        if let Err(err) = self.remove_pins() {
-            tracing::error!(error = %err, "failed to remove pins");
+    /// The link a previous daemon pinned as `<dir>/links/<name>`, if it is there.
+    pub fn adopt_link(&self, name: &str) -> Result<Option<PinnedLinkGuard>, PinError> {
+        let path = self.link_path(name);
+        if !path.exists() {
+            return Ok(None);
         }
-        let _ = fs::remove_dir(self.path.join("links"));
-        let _ = fs::remove_dir(&self.path);
+        let link = PinnedLink::from_pin(&path).map_err(|source| PinError::Adopt {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Some(PinnedLinkGuard { link, path }))
     }
 }
 
-/// A pinned link; dropping it removes the pin and so detaches the program.
+/// A pinned link. Dropping it keeps it attached (and pinned); [`PinnedLinkGuard::detach`]
+/// removes the pin, which detaches the program.
 #[derive(Debug)]
 pub struct PinnedLinkGuard {
-    link: Option<PinnedLink>,
+    link: PinnedLink,
     path: PathBuf,
 }
 
-impl Drop for PinnedLinkGuard {
-    fn drop(&mut self) {
-        if let Some(link) = self.link.take()
-            && let Err(err) = link.unpin()
-        {
-            tracing::error!(pin = %self.path.display(), error = %err, "failed to unpin link");
-        }
+impl PinnedLinkGuard {
+    /// Unpins the link, detaching its program.
+    pub fn detach(self) -> Result<(), PinError> {
+        let path = self.path;
+        self.link
+            .unpin()
+            .map(drop)
+            .map_err(|source| PinError::Unpin { path, source })
     }
 }

@@ -51,12 +51,34 @@ pub struct BoundListener {
     v6: Option<std::net::TcpListener>,
 }
 
-/// Binds 127.0.0.1:P and [::1]:P (same P) inside `netns`, or in the host namespace.
-pub fn bind(netns: Option<&NetNs>) -> Result<BoundListener, ListenError> {
+/// Binds 127.0.0.1:P and [::1]:P (same P) inside `netns`, or in the host namespace; P is
+/// `preferred` when it is free (an adopted sandbox keeps its listener's port, which its pinned
+/// config names), else any free port.
+pub fn bind(netns: Option<&NetNs>, preferred: Option<u16>) -> Result<BoundListener, ListenError> {
+    let bind = move || {
+        preferred
+            .and_then(|port| bind_port(port).ok())
+            .map_or_else(bind_here, Ok)
+    };
     match netns {
-        Some(ns) => ns.run(bind_here)?,
-        None => bind_here(),
+        Some(ns) => ns.run(bind)?,
+        None => bind(),
     }
+}
+
+/// Binds both addresses on `port`.
+fn bind_port(port: u16) -> Result<BoundListener, ListenError> {
+    let v4 = listen_on(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+    let v6 = match listen_on(SocketAddr::from((Ipv6Addr::LOCALHOST, port))) {
+        Ok(v6) => Some(v6),
+        Err(ListenError::Bind { source, .. })
+            if source.kind() == io::ErrorKind::AddrNotAvailable =>
+        {
+            None
+        }
+        Err(err) => return Err(err),
+    };
+    Ok(BoundListener { port, v4, v6 })
 }
 
 fn bind_here() -> Result<BoundListener, ListenError> {

@@ -41,6 +41,18 @@ pub struct NetNs {
 }
 
 impl NetNs {
+    /// A path that opens this namespace while this value lives, also from another process
+    /// (root's): `/proc/<our pid>/fd/<its descriptor>`.
+    pub fn proc_path(&self) -> std::path::PathBuf {
+        use std::os::fd::AsRawFd as _;
+        format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd()).into()
+    }
+
+    /// The namespace's descriptor, which keeps it alive as long as it is open.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// Opens a namespace file such as /run/netns/NAME or /proc/PID/ns/net.
     pub fn open(path: &Path) -> Result<Self, NetNsError> {
         let file = File::open(path).map_err(|source| NetNsError::Open {

@@ -132,6 +132,19 @@ impl CertCache {
         }
     }
 
+    /// How many certificates are cached now.
+    pub fn len(&self) -> usize {
+        self.slots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Whether none is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// How many certificates have been generated so far.
     pub fn generated(&self) -> u64 {
         self.generated.load(Ordering::Relaxed)
