@@ -492,7 +492,7 @@ impl Engine {
             } else {
                 "its cgroup was removed"
             };
-            warn!(sandbox = %name, cgroup = %served.spec.cgroup.display(), why, "no longer serving a sandbox");
+            warn!(sandbox = %served.id, name = %name, cgroup = %served.spec.cgroup.display(), why, "no longer serving a sandbox");
             if served.owner.is_some() && served.spec.cgroup.exists() {
                 owned_cgroups.push(served.spec.cgroup.clone());
             }

@@ -17,6 +17,7 @@ use crate::{
     ebpf::{PinDir, pins::PinError},
     engine::{Engine, EngineError, EngineOptions, remove_owned_cgroups},
     process::{self, ProcessError, Signal, Signals, Trim},
+    sandbox::cgroup::Cgroup,
     state::{StateError, StateFile},
 };
 
@@ -65,15 +66,17 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     process::raise_nofile_limit();
     process::no_core_dumps();
     let mut signals = Signals::new()?;
-    let pins = PinDir::create(&options.pin_dir)?;
-    let state = StateFile::in_dir(&options.state_dir)?;
-    let mut engine = Engine::new(Some(pins), options.engine.clone(), Some(state))?;
-    for info in engine.adopt_pinned()? {
-        info!(sandbox = %info.id, name = %info.name, listener_port = info.listener_port, "sandbox adopted");
-    }
-    for spec in &options.sandboxes {
-        add_configured(&mut engine, spec)?;
-    }
+    let fresh = !options.pin_dir.exists();
+    let engine = match start_engine(&options) {
+        Ok(engine) => engine,
+        Err(err) => {
+            // A first start that failed leaves nothing behind; a restart keeps what it found.
+            if fresh {
+                let _ = std::fs::remove_dir_all(&options.pin_dir);
+            }
+            return Err(err);
+        }
+    };
     let socket = control::socket_path(&options.state_dir);
     let listener = control::bind(&socket)?;
     let (requests, mut incoming) = mpsc::channel(16);
@@ -110,6 +113,25 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         }
     }
     Ok(())
+}
+
+/// Takes the pin directory, adopts what is pinned there and serves the sandboxes named at
+/// start.
+fn start_engine(options: &RunOptions) -> Result<Engine, RunError> {
+    // A sandbox named at start that cannot be served is refused before anything is pinned.
+    for spec in &options.sandboxes {
+        Cgroup::open(&spec.cgroup).map_err(EngineError::from)?;
+    }
+    let pins = PinDir::create(&options.pin_dir)?;
+    let state = StateFile::in_dir(&options.state_dir)?;
+    let mut engine = Engine::new(Some(pins), options.engine.clone(), Some(state))?;
+    for info in engine.adopt_pinned()? {
+        info!(sandbox = %info.id, name = %info.name, listener_port = info.listener_port, "sandbox adopted");
+    }
+    for spec in &options.sandboxes {
+        add_configured(&mut engine, spec)?;
+    }
+    Ok(engine)
 }
 
 /// A sandbox of the command line or config: added, unless one was adopted for its cgroup.

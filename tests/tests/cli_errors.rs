@@ -49,6 +49,7 @@ fn non_cgroup2_directory_is_rejected() {
         stderr.contains("/tmp is not a cgroup v2 directory"),
         "{stderr}"
     );
+    assert!(!std::path::Path::new("/sys/fs/bpf/gwtest-err2").exists());
 }
 
 #[test]
@@ -122,6 +123,7 @@ fn unusable_ca_files_are_named_at_start() {
             stderr.contains(&file.display().to_string()) && stderr.contains(expected),
             "{stderr}"
         );
+        assert!(!std::path::Path::new("/sys/fs/bpf/gwtest-err3").exists());
     }
 }
 

@@ -224,7 +224,7 @@ fn a_removed_sandbox_cgroup_is_dropped_and_others_keep_being_served() {
     std::fs::remove_dir(doomed.path()).unwrap();
     let line = daemon
         .wait_for("the removal noticed", Duration::from_secs(10), |v| {
-            v["message"] == "sandbox cgroup was removed; no longer serving it"
+            v["message"] == "no longer serving a sandbox" && v["why"] == "its cgroup was removed"
         })
         .unwrap();
     assert_eq!(line["sandbox"], "1", "{line}");

@@ -335,7 +335,7 @@ fn attached_programs(cgroup: &SandboxCgroup) -> String {
 }
 
 #[test]
-fn clean_stop_detaches_and_unpins() {
+fn clean_stop_stays_attached_and_down_detaches_and_unpins() {
     require_root().unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
     let mut daemon = Daemon::builder()
@@ -346,8 +346,28 @@ fn clean_stop_detaches_and_unpins() {
     for program in ["gateway_connect4", "gateway_connect6", "gateway_sock_ops"] {
         assert!(tree.contains(program), "{program} not attached: {tree}");
     }
+    // A clean stop fails closed: the programs stay attached, their pins stay.
     assert!(daemon.stop().unwrap().success());
-    assert!(!daemon.pin_dir().exists(), "pins left behind");
+    assert!(
+        daemon.pin_dir().join("links").exists(),
+        "pins removed on stop"
+    );
+    let tree = attached_programs(&cgroup);
+    assert!(
+        tree.contains("gateway_connect4"),
+        "detached on stop: {tree}"
+    );
+
+    // `gateway down` with no daemon running is the deliberate way out.
+    let down = daemon
+        .control([
+            std::ffi::OsStr::new("down"),
+            "--pin-dir".as_ref(),
+            daemon.pin_dir().as_os_str(),
+        ])
+        .unwrap();
+    assert!(down.status.success(), "{down:?}");
+    assert!(!daemon.pin_dir().exists(), "pins left behind by down");
     let tree = attached_programs(&cgroup);
     assert!(!tree.contains("gateway_"), "programs left attached: {tree}");
 }

@@ -351,7 +351,7 @@ fn values_never_reach_the_log_and_rotate_on_sighup() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
     env.daemon
         .wait_for("the reload", Duration::from_secs(10), |v| {
-            v["message"] == "secret values reloaded"
+            v["message"] == "config reloaded"
         })
         .unwrap();
     let mut after = env.curl("api.github.test", "/headers?after");
