@@ -15,6 +15,7 @@ use tokio::{
     net::{UnixListener, UnixStream},
     sync::{mpsc, oneshot},
 };
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::warn;
 
 /// The socket's name in the state directory.
@@ -25,6 +26,8 @@ pub const DEFAULT_STATE_DIR: &str = "/run/gateway";
 const MAX_REQUEST: usize = 64 * 1024;
 /// How long a peer may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping daemon waits for answers in flight to be written.
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,26 +205,42 @@ pub fn bind(path: &Path) -> Result<UnixListener, ControlError> {
 }
 
 /// Accepts requests and hands each to `requests`, forever (until the receiver is dropped).
-pub async fn serve(listener: UnixListener, requests: mpsc::Sender<Incoming>) {
+pub async fn serve(
+    listener: UnixListener,
+    requests: mpsc::Sender<Incoming>,
+    stop: CancellationToken,
+) {
+    let answering = TaskTracker::new();
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                warn!(error = %err, "control socket accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+        let stream = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    warn!(error = %err, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
         let requests = requests.clone();
-        tokio::spawn(async move {
+        answering.spawn(async move {
             if let Err(err) = answer(stream, &requests).await {
                 warn!(error = %err, "control request failed");
             }
         });
     }
+    // The answers already decided (`down`'s among them) still reach their clients.
+    answering.close();
+    drop(requests);
+    if tokio::time::timeout(ANSWER_GRACE, answering.wait())
+        .await
+        .is_err()
+    {
+        warn!("control requests still unanswered at exit");
+    }
 }
 
-/// Reads one request from a root peer, waits for the main loop's answer, writes it back.
 async fn answer(stream: UnixStream, requests: &mpsc::Sender<Incoming>) -> io::Result<()> {
     let peer = stream.peer_cred()?;
     let (read, mut write) = stream.into_split();
@@ -338,7 +357,7 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let (sender, mut receiver) = mpsc::channel(4);
-        tokio::spawn(serve(listener, sender));
+        tokio::spawn(serve(listener, sender, CancellationToken::new()));
         tokio::spawn(async move {
             while let Some(incoming) = receiver.recv().await {
                 let reply = match incoming.request {

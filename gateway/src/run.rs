@@ -10,6 +10,7 @@ use std::{
 
 use gateway_proto::{config::Config, sandbox_spec::SandboxSpec};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
@@ -80,20 +81,30 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let socket = control::socket_path(&options.state_dir);
     let listener = control::bind(&socket)?;
     let (requests, mut incoming) = mpsc::channel(16);
-    let control_task = tokio::spawn(control::serve(listener, requests));
+    let stop_control = CancellationToken::new();
+    let control_task = tokio::spawn(control::serve(listener, requests, stop_control.clone()));
     info!(pin_dir = %options.pin_dir.display(), control = %socket.display(), sandboxes = engine.list().len(), "gateway ready");
     let mut daemon = Daemon {
         engine,
         options: &options,
     };
     let ending = daemon.serve(&mut signals, &mut incoming).await;
-    control_task.abort();
+    stop_control.cancel();
     let _ = std::fs::remove_file(&socket);
     let Daemon { engine, .. } = daemon;
+    let result = finish(engine, ending, options.engine.drain_timeout).await;
+    // Requests that arrived too late are refused; answers already given are written.
+    drop(incoming);
+    let _ = control_task.await;
+    result
+}
+
+/// Stops serving as `ending` asks: drain and leave the pins, or detach and unpin everything.
+async fn finish(engine: Engine, ending: Ending, drain_timeout: Duration) -> Result<(), RunError> {
     match ending {
         Ending::Signal(signal) => {
             info!(signal = %signal, "shutting down; the sandboxes stay confined until a daemon adopts them");
-            let counters = engine.shutdown(options.engine.drain_timeout).await;
+            let counters = engine.shutdown(drain_timeout).await;
             info!(counters, "gateway stopped");
         }
         Ending::Down(reply) => {

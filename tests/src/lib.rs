@@ -12,6 +12,7 @@ pub mod proc;
 pub mod process;
 pub mod sandbox;
 pub mod upstream;
+pub mod watch;
 
 use std::{
     ffi::OsString,

@@ -7,10 +7,9 @@
 )]
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
     net::IpAddr,
     path::Path,
-    process::{Child, Command, Output, Stdio},
+    process::{Command, Output},
     time::Duration,
 };
 
@@ -19,10 +18,10 @@ use gateway_tests::{
     daemon::Daemon,
     net::{NetNs, UpstreamHost},
     pki::TestPki,
-    process::terminate,
     py_script, require_root, run,
     sandbox::{SandboxCgroup, stdout_ok},
     upstream::{Site, Upstream},
+    watch::Watcher,
 };
 use serde_json::Value;
 
@@ -64,45 +63,6 @@ impl Env {
 fn assert_eperm(result: &Value, what: &str) {
     assert_eq!(result["ok"], false, "{what}: {result}");
     assert_eq!(result["errno"], "EPERM", "{what}: {result}");
-}
-
-/// Counts the SYNs and datagrams reaching a port inside a namespace (tests/py/watch.py).
-struct Watcher {
-    child: Child,
-}
-
-impl Watcher {
-    fn start(ns: &NetNs, port: u16) -> Watcher {
-        let mut child = ns
-            .exec(
-                "python3",
-                [py_script("watch.py").to_str().unwrap(), &port.to_string()],
-            )
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "READY");
-        Watcher { child }
-    }
-
-    /// Stops watching; returns (SYNs, UDP datagrams) seen.
-    fn finish(mut self) -> (u64, u64) {
-        // Packets in flight have long arrived by the time a refused call has returned.
-        std::thread::sleep(Duration::from_millis(300));
-        let mut stdout = self.child.stdout.take().unwrap();
-        terminate(&mut self.child, Duration::from_secs(5));
-        let mut text = String::new();
-        stdout.read_to_string(&mut text).unwrap();
-        let counts: Value = serde_json::from_str(text.trim()).unwrap();
-        (
-            counts["syn"].as_u64().unwrap(),
-            counts["udp"].as_u64().unwrap(),
-        )
-    }
 }
 
 /// curl to `name` pinned to `ip:port`, trusting `ca`.
@@ -169,7 +129,7 @@ fn host_loopback_and_denied_ranges_fail_at_connect_and_send_nothing() {
     ));
     assert_eq!(json(&stdout_ok(&ok).unwrap())["name"], "up-a.test");
 
-    let watcher = Watcher::start(&denied.host.ns, 443);
+    let watcher = Watcher::start(&denied.host.ns, 443).unwrap();
     assert_eperm(
         &env.probe(&["tcp", &denied.host.v4.to_string(), "443"]),
         "denied CIDR",
@@ -184,7 +144,7 @@ fn host_loopback_and_denied_ranges_fail_at_connect_and_send_nothing() {
     ));
     assert!(!output.status.success());
     assert_eq!(
-        watcher.finish(),
+        watcher.finish().unwrap(),
         (0, 0),
         "a SYN reached the denied upstream"
     );
@@ -259,9 +219,9 @@ fn link_local_addresses_are_refused_before_any_packet() {
     );
     let mut daemon = env.daemon(",allow-tcp-port=8080", "");
 
-    let watcher = Watcher::start(&host.ns, 8080);
+    let watcher = Watcher::start(&host.ns, 8080).unwrap();
     assert_eperm(&env.probe(&["tcp", &theirs, "8080"]), "link-local");
-    assert_eq!(watcher.finish(), (0, 0));
+    assert_eq!(watcher.finish().unwrap(), (0, 0));
     let line = refusal_line(&mut daemon, &format!("{theirs}:8080"));
     assert_eq!(line["rule"], "deny 169.254.0.0/16 (built in: link-local)");
 }
@@ -304,9 +264,9 @@ fn ports_are_refused_unless_allowed() {
         json(&stdout_ok(&output).unwrap())
     };
 
-    let watcher = Watcher::start(&host.ns, 22);
+    let watcher = Watcher::start(&host.ns, 22).unwrap();
     assert_eperm(&probe(&closed), "port 22 by default");
-    assert_eq!(watcher.finish(), (0, 0));
+    assert_eq!(watcher.finish().unwrap(), (0, 0));
     let line = refusal_line(&mut daemon, &format!("{}:22", host.v4));
     assert_eq!(line["reason"], "tcp_port");
 
@@ -354,14 +314,14 @@ fn udp_is_refused_but_dns_to_the_resolvers_and_raw_sockets_never_made() {
     );
     let v4 = host.v4.to_string();
 
-    let watcher = Watcher::start(&host.ns, 443);
+    let watcher = Watcher::start(&host.ns, 443).unwrap();
     let quic = env.probe(&["udp", &v4, "443"]);
     assert_eperm(&quic, "UDP to 443 (QUIC)");
     assert_eperm(
         &env.probe(&["udp-connect", &v4, "443"]),
         "connected UDP to 443",
     );
-    assert_eq!(watcher.finish(), (0, 0));
+    assert_eq!(watcher.finish().unwrap(), (0, 0));
     assert_eq!(
         refusal_line(&mut daemon, &format!("{v4}:443"))["reason"],
         "quic"
@@ -448,7 +408,7 @@ fn denied_names_get_a_403_page_over_h1_and_h2_and_the_upstream_sees_nothing() {
     let mut daemon = env.daemon(",deny-host=denied.test", "");
     let ip = site.host.v4.into();
 
-    let watcher = Watcher::start(&site.host.ns, 443);
+    let watcher = Watcher::start(&site.host.ns, 443).unwrap();
     for version in ["--http1.1", "--http2"] {
         let mut request = curl(&daemon.ca_file(), "https", "denied.test", ip, 443, "/");
         request.args([version, "-w", "\n%{http_code}"]);
@@ -459,7 +419,7 @@ fn denied_names_get_a_403_page_over_h1_and_h2_and_the_upstream_sees_nothing() {
         );
     }
     assert_eq!(
-        watcher.finish(),
+        watcher.finish().unwrap(),
         (0, 0),
         "the upstream was contacted for a denied name"
     );
