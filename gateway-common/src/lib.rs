@@ -19,7 +19,7 @@ pub mod map_names {
     pub const PENDING: &str = "PENDING";
     /// Original destinations of established connections, by sandbox and client address.
     pub const ORIG_DST: &str = "ORIG_DST";
-    /// Per-CPU event counters, indexed by [`crate::Counter`].
+    /// Per-CPU event counters: one [`crate::Counters`] entry, key 0.
     pub const COUNTERS: &str = "COUNTERS";
     /// What a sandbox may do with a destination port, by sandbox, port and protocol.
     pub const PORT_RULES: &str = "PORT_RULES";
@@ -253,7 +253,7 @@ pub struct ClientKey {
     pub sandbox_id: u32,
 }
 
-/// Indices into the per-CPU `COUNTERS` array.
+/// The fields of [`Counters`], for code that walks them.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
@@ -270,7 +270,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    /// Number of counters, the size of the `COUNTERS` array.
+    /// Number of counters (fields of [`Counters`]).
     pub const LEN: u32 = 5;
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::LEN as usize] = [
@@ -289,6 +289,48 @@ impl Counter {
             Counter::Established => "established",
             Counter::MapErrors => "map_errors",
             Counter::Refused => "refused",
+        }
+    }
+}
+
+/// The value of the per-CPU `COUNTERS` array's single entry: named fields, so bpftool prints
+/// names (the map has BTF). Each CPU counts in its own copy; readers sum them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// connect() calls redirected to a listener, IPv4 (including IPv4-mapped IPv6).
+    pub redirected_v4: u64,
+    /// connect() calls redirected to a listener, IPv6.
+    pub redirected_v6: u64,
+    /// Redirected connections that established and were recorded in `ORIG_DST`.
+    pub established: u64,
+    /// Map updates that failed (the connection then cannot be relayed and is refused).
+    pub map_errors: u64,
+    /// Connects, sends and sockets refused by policy (by reason and sandbox in `REFUSALS`).
+    pub refused: u64,
+}
+
+impl Counters {
+    /// The field that counts `counter`.
+    #[inline(always)]
+    pub fn slot(&mut self, counter: Counter) -> &mut u64 {
+        match counter {
+            Counter::RedirectedV4 => &mut self.redirected_v4,
+            Counter::RedirectedV6 => &mut self.redirected_v6,
+            Counter::Established => &mut self.established,
+            Counter::MapErrors => &mut self.map_errors,
+            Counter::Refused => &mut self.refused,
+        }
+    }
+
+    /// The value of `counter`.
+    pub fn get(&self, counter: Counter) -> u64 {
+        match counter {
+            Counter::RedirectedV4 => self.redirected_v4,
+            Counter::RedirectedV6 => self.redirected_v6,
+            Counter::Established => self.established,
+            Counter::MapErrors => self.map_errors,
+            Counter::Refused => self.refused,
         }
     }
 }
@@ -329,6 +371,8 @@ mod user {
     unsafe impl aya::Pod for super::Refusals {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::RefusalEvent {}
+    // SAFETY: repr(C), only u64 fields, no padding.
+    unsafe impl aya::Pod for super::Counters {}
 }
 
 #[cfg(test)]
@@ -347,6 +391,7 @@ mod tests {
         assert_eq!(size_of::<AddrRule>(), 8);
         assert_eq!(size_of::<Refusals>(), 40);
         assert_eq!(size_of::<RefusalEvent>(), 32);
+        assert_eq!(size_of::<Counters>(), 8 * Counter::LEN as usize);
     }
 
     #[test]

@@ -10,15 +10,14 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr},
-    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
-    macros::{btf_map, cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::PerCpuArray,
+    macros::{btf_map, cgroup_sock, cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use gateway_common::{
-    ADDR_KEY_BITS, AddrKey, AddrRule, ClientKey, Counter, OrigDstEntry, PortKey, PortRule, Reason,
-    RefusalEvent, Refusals, SandboxConf, is_v4_mapped, protocol, v4_mapped,
+    ADDR_KEY_BITS, AddrKey, AddrRule, ClientKey, Counter, Counters, OrigDstEntry, PortKey,
+    PortRule, Reason, RefusalEvent, Refusals, SandboxConf, is_v4_mapped, protocol, v4_mapped,
 };
 
 /// Reads a context field with a volatile load of exactly its width. Plain reads let LLVM merge
@@ -74,8 +73,9 @@ static REFUSALS: PerCpuHashMap<u32, Refusals, 4096> = PerCpuHashMap::new();
 #[btf_map]
 static REFUSAL_EVENTS: RingBuf<RefusalEvent, { 256 * 1024 }> = RingBuf::new();
 
-#[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::LEN, 0);
+/// One entry (key 0) of named counters, so `bpftool map dump` prints their names.
+#[btf_map]
+static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
 #[cgroup_sock_addr(connect4)]
 pub fn gateway_connect4(ctx: SockAddrContext) -> i32 {
@@ -417,8 +417,9 @@ fn local_ip6(ctx: &SockOpsContext) -> [u32; 4] {
 }
 
 fn count(counter: Counter) {
-    if let Some(value) = COUNTERS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *value += 1 };
+    if let Some(counters) = COUNTERS.get_ptr_mut(0) {
+        // SAFETY: this CPU's copy of the entry; only this CPU writes it while the program runs.
+        let slot = unsafe { (*counters).slot(counter) };
+        *slot += 1;
     }
 }

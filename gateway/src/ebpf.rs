@@ -25,8 +25,8 @@ use aya::{
     },
 };
 use gateway_common::{
-    AddrKey, AddrRule, ClientKey, Counter, OrigDstEntry, PortKey, PortRule, Refusals, SandboxConf,
-    map_names,
+    AddrKey, AddrRule, ClientKey, Counter, Counters, OrigDstEntry, PortKey, PortRule, Refusals,
+    SandboxConf, map_names,
 };
 
 pub use self::{pins::PinDir, rules::SandboxRules};
@@ -142,7 +142,7 @@ pub struct Programs {
     refusals: PerCpuHashMap<MapData, u32, Refusals>,
     refusal_events: Option<RingBuf<MapData>>,
     orig_dst: OrigDstTable,
-    counters: PerCpuArray<MapData, u64>,
+    counters: PerCpuArray<MapData, Counters>,
     pins: Option<PinDir>,
 }
 
@@ -511,20 +511,20 @@ impl Programs {
 
     /// Current counter values, summed over CPUs, by name.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, EbpfError> {
-        Counter::ALL
+        let per_cpu = self.counters.get(&0, 0).map_err(|source| EbpfError::Map {
+            op: "read",
+            map: map_names::COUNTERS,
+            source,
+        })?;
+        Ok(Counter::ALL
             .iter()
             .map(|counter| {
-                let values =
-                    self.counters
-                        .get(&(*counter as u32), 0)
-                        .map_err(|source| EbpfError::Map {
-                            op: "read",
-                            map: map_names::COUNTERS,
-                            source,
-                        })?;
-                Ok((counter.name(), values.iter().sum()))
+                (
+                    counter.name(),
+                    per_cpu.iter().map(|c| c.get(*counter)).sum(),
+                )
             })
-            .collect()
+            .collect())
     }
 
     /// The pin directory, when state is pinned.
@@ -602,7 +602,7 @@ const MAP_LAYOUTS: [MapLayout; 9] = [
         key_size: 0,
         value_size: 0,
     },
-    layout::<u32, u64>(map_names::COUNTERS, MapType::PerCpuArray),
+    layout::<u32, Counters>(map_names::COUNTERS, MapType::PerCpuArray),
 ];
 
 /// An LPM trie key: the prefix length, then the data.

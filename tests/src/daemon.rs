@@ -411,9 +411,10 @@ impl Daemon {
             .with_context(|| format!("no listener port logged for sandbox {n}"))
     }
 
-    /// Sums the pinned per-CPU counter at `index`, read with bpftool as an operator would.
-    pub fn counter(&self, index: u32) -> anyhow::Result<u64> {
-        pinned_counter(&self.pin_dir, index)
+    /// Sums the pinned per-CPU `counter`, read with bpftool (by its BTF name) as an operator
+    /// would.
+    pub fn counter(&self, counter: gateway_common::Counter) -> anyhow::Result<u64> {
+        pinned_counter(&self.pin_dir, counter.name())
     }
 
     /// The daemon's process id.
@@ -470,34 +471,25 @@ impl Daemon {
     }
 }
 
-/// Sums the per-CPU counter at `index` of the `counters` map pinned in `pin_dir`, with bpftool.
-fn pinned_counter(pin_dir: &Path, index: u32) -> anyhow::Result<u64> {
+/// Sums the per-CPU field `name` of the `counters` map pinned in `pin_dir`, with bpftool (the
+/// map has BTF, so bpftool prints the fields by name).
+fn pinned_counter(pin_dir: &Path, name: &str) -> anyhow::Result<u64> {
     let out = crate::run(
         cmd("bpftool", ["-j", "map", "lookup", "pinned"])
             .arg(pin_dir.join("counters"))
-            .args(["key", &index.to_string(), "0", "0", "0"]),
+            .args(["key", "0", "0", "0", "0"]),
     )?;
     let value: Value = serde_json::from_slice(&out.stdout)?;
-    value["values"]
+    value["formatted"]["values"]
         .as_array()
-        .context("bpftool output has no per-CPU values")?
+        .context("bpftool printed no BTF-formatted values")?
         .iter()
-        .map(|v| parse_bpftool_u64(&v["value"]))
+        .map(|cpu| {
+            cpu["value"][name]
+                .as_u64()
+                .with_context(|| format!("bpftool printed no counter {name}: {cpu}"))
+        })
         .sum()
-}
-
-/// bpftool prints values either as numbers or as arrays of hex byte strings.
-fn parse_bpftool_u64(value: &Value) -> anyhow::Result<u64> {
-    if let Some(n) = value.as_u64() {
-        return Ok(n);
-    }
-    let bytes = value.as_array().context("unexpected bpftool value")?;
-    let mut out = [0u8; 8];
-    for (slot, byte) in out.iter_mut().zip(bytes) {
-        let text = byte.as_str().context("unexpected bpftool byte")?;
-        *slot = u8::from_str_radix(text.trim_start_matches("0x"), 16)?;
-    }
-    Ok(u64::from_le_bytes(out))
 }
 
 impl Drop for Daemon {

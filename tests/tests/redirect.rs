@@ -106,9 +106,9 @@ fn sandbox_curl_goes_through_gateway(v6: bool) {
     } else {
         Counter::RedirectedV4
     };
-    assert_eq!(daemon.counter(redirected as u32).unwrap(), 1);
-    assert_eq!(daemon.counter(Counter::Established as u32).unwrap(), 1);
-    assert_eq!(daemon.counter(Counter::MapErrors as u32).unwrap(), 0);
+    assert_eq!(daemon.counter(redirected).unwrap(), 1);
+    assert_eq!(daemon.counter(Counter::Established).unwrap(), 1);
+    assert_eq!(daemon.counter(Counter::MapErrors).unwrap(), 0);
 }
 
 #[test]
@@ -176,7 +176,7 @@ fn parallel_connections_reach_their_own_destinations() {
             .count();
         assert_eq!(to_site, 25, "relays to {}", site.name);
     }
-    assert_eq!(daemon.counter(Counter::RedirectedV4 as u32).unwrap(), 50);
+    assert_eq!(daemon.counter(Counter::RedirectedV4).unwrap(), 50);
 }
 
 #[test]
@@ -215,8 +215,8 @@ fn outside_processes_and_allowed_ports_are_untouched() {
         "{:#?}",
         daemon.logs()
     );
-    assert_eq!(daemon.counter(Counter::RedirectedV4 as u32).unwrap(), 0);
-    assert_eq!(daemon.counter(Counter::Established as u32).unwrap(), 0);
+    assert_eq!(daemon.counter(Counter::RedirectedV4).unwrap(), 0);
+    assert_eq!(daemon.counter(Counter::Established).unwrap(), 0);
 }
 
 #[test]
@@ -399,8 +399,8 @@ fn v4_mapped_ipv6_connects_are_redirected_as_ipv4() {
     );
     assert_eq!(body["name"], "up-a.test");
     relayed_line(&mut daemon, &site.socket(false, 443));
-    assert_eq!(daemon.counter(Counter::RedirectedV4 as u32).unwrap(), 1);
-    assert_eq!(daemon.counter(Counter::RedirectedV6 as u32).unwrap(), 0);
+    assert_eq!(daemon.counter(Counter::RedirectedV4).unwrap(), 1);
+    assert_eq!(daemon.counter(Counter::RedirectedV6).unwrap(), 0);
 }
 
 #[test]
@@ -418,7 +418,7 @@ fn processes_in_a_child_cgroup_of_a_sandbox_are_redirected_too() {
     let body = json(&stdout_ok(&request.output().unwrap()).unwrap());
     assert_eq!(body["name"], "up-a.test");
     relayed_line(&mut daemon, &site.socket(false, 443));
-    assert_eq!(daemon.counter(Counter::RedirectedV4 as u32).unwrap(), 1);
+    assert_eq!(daemon.counter(Counter::RedirectedV4).unwrap(), 1);
     drop(confinement);
     child.remove().unwrap();
 }

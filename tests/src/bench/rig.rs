@@ -277,6 +277,5 @@ impl Rig {
 
 /// Connections the daemon's programs redirected so far (IPv4 + IPv6 counters, via bpftool).
 pub fn redirected(daemon: &Daemon) -> anyhow::Result<u64> {
-    Ok(daemon.counter(Counter::RedirectedV4 as u32)?
-        + daemon.counter(Counter::RedirectedV6 as u32)?)
+    Ok(daemon.counter(Counter::RedirectedV4)? + daemon.counter(Counter::RedirectedV6)?)
 }

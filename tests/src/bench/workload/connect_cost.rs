@@ -112,7 +112,7 @@ fn measure(rig: &Rig, workload: &str, addr: SocketAddr) -> anyhow::Result<(Vec<f
         bail!("connects to an allowed port were redirected");
     }
     // The client's count covers its own connects; the kernel's covers the whole sandbox.
-    let refused = daemon.counter(Counter::Refused as u32)?;
+    let refused = daemon.counter(Counter::Refused)?;
     if refused != 0 {
         bail!("the policy refused {refused} connects, sockets or sends of the sandbox");
     }
