@@ -5,7 +5,7 @@
 use anyhow::bail;
 
 use super::{
-    mode::{BYPASS_H1, DIRECT_H1, INTERCEPT_H1, INTERCEPT_H2, Route},
+    mode::{BYPASS_H1, DIRECT_H1, INTERCEPT_H1, INTERCEPT_H2, INTERCEPT_SECRET_H1, Route},
     oha::{self, Load},
     rig::Rig,
 };
@@ -20,10 +20,16 @@ const BAD: u64 = 4;
 pub fn run(rig: &mut Rig) -> anyhow::Result<()> {
     eprintln!("gateway-bench: certificate checks");
     let mut lines = Vec::new();
-    for mode in [DIRECT_H1, BYPASS_H1, INTERCEPT_H1, INTERCEPT_H2] {
+    for mode in [
+        DIRECT_H1,
+        BYPASS_H1,
+        INTERCEPT_H1,
+        INTERCEPT_H2,
+        INTERCEPT_SECRET_H1,
+    ] {
         let ((good, bad), _) = rig.in_mode(mode, |cgroup, ca, daemon| {
             let wrong = match (mode.route, daemon) {
-                (Route::Intercept, _) => rig.pki.ca_file(),
+                (Route::Intercept | Route::InterceptSecret, _) => rig.pki.ca_file(),
                 (_, Some(d)) => d.ca_file(),
                 // Direct: no daemon; a CA of its own that signed nothing here.
                 (_, None) => rig.pki.dir().join("ca.pem.none"),

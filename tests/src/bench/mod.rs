@@ -4,7 +4,8 @@
 //! Rig: nginx (HTTP/1.1 + HTTP/2, test CA, `*.bench.test`) in a test host's network namespace;
 //! load generators (oha, which verifies certificates; curl; this binary's own clients) run
 //! inside sandbox cgroups: one with no programs attached (direct), one served by a gateway daemon
-//! started fresh for each measured run (bypass, intercept). Modes are interleaved, rotating the
+//! started fresh for each measured run (bypass, intercept, intercept + secret: the HTTP-aware
+//! path). Modes are interleaved, rotating the
 //! order each round. Writes a markdown table (each figure, its runs, its ratio to direct, its
 //! target) to `--out` and prints it.
 
@@ -16,6 +17,7 @@ pub mod nginx;
 pub mod oha;
 pub mod report;
 pub mod rig;
+pub mod secret;
 pub mod stats;
 pub mod workload;
 

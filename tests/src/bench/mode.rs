@@ -1,5 +1,6 @@
-//! The modes a workload runs in: direct, or through the gateway spliced or intercepted, over
-//! HTTP/1.1 or HTTP/2; and plain HTTP, direct or through the gateway's HTTP path.
+//! The modes a workload runs in: direct, or through the gateway spliced, intercepted or
+//! intercepted with a secret for the host (the HTTP-aware path), over HTTP/1.1 or HTTP/2; and
+//! plain HTTP, direct or through the gateway's HTTP path.
 
 /// The name nginx's certificate covers (`*.bench.test` too); what intercepted clients ask for.
 pub const DOMAIN: &str = "bench.test";
@@ -15,6 +16,10 @@ pub enum Route {
     Bypass,
     /// Through the gateway, TLS intercepted with a forged certificate.
     Intercept,
+    /// Intercepted as [`Route::Intercept`], with the sandbox given a secret scoped to
+    /// [`DOMAIN`]: the HTTP-aware path (hyper on both sides, placeholders substituted in
+    /// headers), clients sending the placeholder in `Authorization` (see [`super::secret`]).
+    InterceptSecret,
     /// Through the gateway's plain-HTTP path (port 80): each request's Host judged, the request
     /// forwarded by hyper.
     Http,
@@ -80,6 +85,16 @@ pub const INTERCEPT_H2: Mode = Mode {
     scheme: Scheme::Https,
     h2: true,
 };
+pub const INTERCEPT_SECRET_H1: Mode = Mode {
+    route: Route::InterceptSecret,
+    scheme: Scheme::Https,
+    h2: false,
+};
+pub const INTERCEPT_SECRET_H2: Mode = Mode {
+    route: Route::InterceptSecret,
+    scheme: Scheme::Https,
+    h2: true,
+};
 pub const DIRECT_HTTP_H1: Mode = Mode {
     route: Route::Direct,
     scheme: Scheme::Http,
@@ -92,12 +107,13 @@ pub const GATEWAY_HTTP_H1: Mode = Mode {
 };
 
 impl Mode {
-    /// E.g. "intercept h2", "direct http h1", "gateway http h1".
+    /// E.g. "intercept h2", "intercept + secret h1", "direct http h1", "gateway http h1".
     pub fn label(self) -> String {
         let route = match self.route {
             Route::Direct => "direct",
             Route::Bypass => "bypass",
             Route::Intercept => "intercept",
+            Route::InterceptSecret => "intercept + secret",
             Route::Http => "gateway",
         };
         let scheme = match self.scheme {
@@ -111,7 +127,7 @@ impl Mode {
     pub fn host(self) -> &'static str {
         match self.route {
             Route::Bypass => BYPASS_NAME,
-            Route::Direct | Route::Intercept | Route::Http => DOMAIN,
+            Route::Direct | Route::Intercept | Route::InterceptSecret | Route::Http => DOMAIN,
         }
     }
 
@@ -121,6 +137,19 @@ impl Mode {
             route: Route::Direct,
             ..self
         }
+    }
+
+    /// The plain intercept mode an intercept + secret one is compared with (same HTTP version).
+    pub fn without_secret(self) -> Option<Mode> {
+        (self.route == Route::InterceptSecret).then_some(Mode {
+            route: Route::Intercept,
+            ..self
+        })
+    }
+
+    /// Whether clients send the secret's placeholder (`Authorization: Bearer ...`).
+    pub fn sends_secret(self) -> bool {
+        self.route == Route::InterceptSecret
     }
 
     /// Whether the gateway is in the path.

@@ -9,6 +9,7 @@ use super::{
     mode::{Mode, Scheme},
     nginx,
     rig::Rig,
+    secret,
 };
 use crate::sandbox::SandboxCgroup;
 
@@ -63,6 +64,9 @@ pub fn run(
     ]);
     if load.new_connections {
         command.arg("--disable-keepalive");
+    }
+    if mode.sends_secret() {
+        command.arg("-H").arg(secret::authorization());
     }
     command.arg(format!("{}://{host}{}", mode.scheme.as_str(), nginx::SMALL));
     let timeout = Duration::from_secs(rig.opts.duration + 60);

@@ -6,6 +6,7 @@ use std::{process::Command, time::Duration};
 use super::{
     mode::DOMAIN,
     rig::{DAEMON_RUST_LOG, Rig},
+    secret,
 };
 use crate::nginx::PLAIN_PORT;
 
@@ -59,7 +60,7 @@ pub struct Row {
     pub runs: Vec<f64>,
     /// The reported figure (mean of the runs unless said otherwise).
     pub value: Option<f64>,
-    /// Shown instead of a value (e.g. "n/a (secrets not implemented)").
+    /// Shown instead of a value (e.g. a ratio between two modes, "0.87").
     pub text: Option<String>,
     /// `value` over the direct figure of the same workload; `None` for direct itself.
     pub ratio: Option<f64>,
@@ -202,6 +203,22 @@ pub fn markdown(rig: &Rig, rows: &[Row], cross: &[Row], elapsed: Duration) -> St
          (--cacert, never --insecure); the 64 MiB download is curl (3 per run, median, after \
          one untimed download per run compared byte for byte with the file nginx serves).\n",
         opts.concurrency, opts.duration, opts.rounds
+    ));
+    md.push_str(&format!(
+        "- intercept + secret: intercepted, the daemon's config adding a secret `{name}` for \
+         `{DOMAIN}` and `*.{DOMAIN}` (value: a 40-byte test value in its environment) and the \
+         sandbox given it (`,secret={name}`), so connections to `{DOMAIN}` take the HTTP-aware \
+         path (hyper on both sides, placeholders substituted in headers); oha and curl send \
+         `{authorization}` in these modes only. Before each such run (untimed) one request to \
+         `/headers` with the placeholder must reach nginx carrying the value, the sandbox seeing \
+         nginx's echo with the placeholder, else the workload fails: {checks}. Rows `intercept \
+         + secret hN / intercept hN`: the figure over plain intercept's, best to best (`runs`: \
+         round by round).\n",
+        name = secret::NAME,
+        authorization = secret::authorization(),
+        checks = rig
+            .secret_checks()
+            .unwrap_or_else(|| "no intercept + secret mode ran".into()),
     ));
     md.push_str(&format!(
         "- daemon CPU s: user+system over the measured part of a run (mean of the runs); \

@@ -3,7 +3,8 @@
 //! measured run, and the notes gathered for the report.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
+    collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
@@ -20,10 +21,11 @@ use super::{
     mode::{BYPASS_NAME, DOMAIN, Mode, Route},
     nginx,
     report::DaemonUse,
+    secret,
     stats::mean,
 };
 use crate::{
-    daemon::{Daemon, LogSink},
+    daemon::{Daemon, DaemonBuilder, LogSink},
     net::UpstreamHost,
     nginx::PLAIN_PORT,
     pki::TestPki,
@@ -113,6 +115,9 @@ pub struct Rig {
     pub notes: Vec<String>,
     /// The largest VmHWM seen right after a daemon started.
     start_hwm_kib: Cell<u64>,
+    /// Per intercept + secret mode: runs whose daemon passed [`secret::check`], and the
+    /// protocols nginx received those checks' requests over.
+    secret_checks: RefCell<BTreeMap<String, (u64, BTreeSet<String>)>>,
 }
 
 impl Rig {
@@ -133,6 +138,7 @@ impl Rig {
             config,
             notes: Vec::new(),
             start_hwm_kib: Cell::new(0),
+            secret_checks: RefCell::new(BTreeMap::new()),
             opts,
         };
         eprintln!(
@@ -163,6 +169,26 @@ impl Rig {
         self.start_hwm_kib.get()
     }
 
+    /// What the secret checks showed, for the report: e.g. `intercept + secret h1: passed 4
+    /// times (nginx received HTTP/1.1)`; `None` if no intercept + secret mode ran.
+    pub fn secret_checks(&self) -> Option<String> {
+        let checks = self.secret_checks.borrow();
+        if checks.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = checks
+            .iter()
+            .map(|(label, (runs, protocols))| {
+                let protocols: Vec<&str> = protocols.iter().map(String::as_str).collect();
+                format!(
+                    "{label}: passed {runs} times (nginx received {})",
+                    protocols.join(", ")
+                )
+            })
+            .collect();
+        Some(parts.join("; "))
+    }
+
     /// The interleaved rounds: each round runs every mode once, the order rotated by one.
     pub fn schedule(&self, modes: &[Mode]) -> Vec<(usize, Mode)> {
         let mut out = Vec::new();
@@ -183,6 +209,22 @@ impl Rig {
     /// [`Rig::start_daemon`] with extra `--sandbox` options for the sandbox, comma-separated
     /// (e.g. `allow-tcp-port=9000`): for workloads that need more than the closed default policy.
     pub fn start_daemon_with(&self, options: &str) -> anyhow::Result<Daemon> {
+        self.daemon_builder(options).config(&self.config).start()
+    }
+
+    /// [`Rig::start_daemon`] with the bench secret ([`secret::config`]) in the config, its value
+    /// in the daemon's environment, and the sandbox given it: connections to the bench's domain
+    /// take the HTTP-aware path.
+    pub fn start_secret_daemon(&self) -> anyhow::Result<Daemon> {
+        self.daemon_builder(&format!("secret={}", secret::NAME))
+            .config(&format!("{}{}", self.config, secret::config()))
+            .env(secret::VALUE_ENV, secret::VALUE)
+            .start()
+    }
+
+    /// A daemon serving the sandbox cgroup with `options`, logging [`DAEMON_RUST_LOG`] and
+    /// keeping counts only; its config still to be set.
+    fn daemon_builder(&self, options: &str) -> DaemonBuilder {
         let mut spec = self.sandbox.path().display().to_string();
         if !options.is_empty() {
             spec.push(',');
@@ -191,14 +233,13 @@ impl Rig {
         Daemon::builder()
             .bin(&self.opts.gateway)
             .sandbox(spec)
-            .config(&self.config)
             .rust_log(DAEMON_RUST_LOG)
             .log_sink(LogSink::CountOnly)
-            .start()
     }
 
     /// Runs `f` in `mode`: for gateway modes with a daemon started for this run only (so its
-    /// peak RSS is this run's), measuring the daemon's CPU time around `f`.
+    /// peak RSS is this run's), measuring the daemon's CPU time around `f`. For intercept +
+    /// secret modes the daemon must first pass [`secret::check`] (untimed), else this fails.
     pub fn in_mode<T>(
         &self,
         mode: Mode,
@@ -208,12 +249,24 @@ impl Rig {
         if mode.route == Route::Direct {
             return Ok((f(&self.direct, &self.pki.ca_file(), None)?, None));
         }
-        let mut daemon = self.start_daemon()?;
+        let mut daemon = match mode.route {
+            Route::InterceptSecret => self.start_secret_daemon()?,
+            Route::Direct | Route::Bypass | Route::Intercept | Route::Http => {
+                self.start_daemon()?
+            }
+        };
         // Plain HTTP uses no certificate: the upstream's CA is as good as any.
         let ca = match mode.route {
             Route::Bypass | Route::Http => self.pki.ca_file(),
-            Route::Direct | Route::Intercept => daemon.ca_file(),
+            Route::Direct | Route::Intercept | Route::InterceptSecret => daemon.ca_file(),
         };
+        if mode.sends_secret() {
+            let protocol = secret::check(self, &self.sandbox, &ca, mode)?;
+            let mut checks = self.secret_checks.borrow_mut();
+            let entry = checks.entry(mode.label()).or_default();
+            entry.0 += 1;
+            entry.1.insert(protocol);
+        }
         let before = daemon.usage()?;
         self.start_hwm_kib
             .set(self.start_hwm_kib.get().max(before.hwm_kib));

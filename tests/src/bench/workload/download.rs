@@ -7,13 +7,17 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::secrets_row;
+use super::against_intercept;
 use crate::{
     bench::{
-        mode::{BYPASS_H1, DIRECT_H1, DIRECT_H2, INTERCEPT_H1, INTERCEPT_H2, Mode, Route, Scheme},
+        mode::{
+            BYPASS_H1, DIRECT_H1, DIRECT_H2, INTERCEPT_H1, INTERCEPT_H2, INTERCEPT_SECRET_H1,
+            INTERCEPT_SECRET_H2, Mode, Route, Scheme,
+        },
         nginx,
         report::{Row, Target},
         rig::{Rig, RunUse, daemon_use},
+        secret,
         stats::{max, median},
     },
     sandbox::SandboxCgroup,
@@ -24,9 +28,17 @@ const PER_RUN: usize = 3;
 
 pub(super) fn run(rig: &mut Rig) -> anyhow::Result<Vec<Row>> {
     let workload = "one 64 MiB download";
-    let modes = [DIRECT_H1, DIRECT_H2, BYPASS_H1, INTERCEPT_H1, INTERCEPT_H2];
+    let modes = [
+        DIRECT_H1,
+        DIRECT_H2,
+        BYPASS_H1,
+        INTERCEPT_H1,
+        INTERCEPT_H2,
+        INTERCEPT_SECRET_H1,
+        INTERCEPT_SECRET_H2,
+    ];
     let mut rows = series(rig, workload, &modes)?;
-    rows.push(secrets_row(workload));
+    rows.extend(against_intercept(&rows, &modes, "throughput"));
     Ok(rows)
 }
 
@@ -96,12 +108,12 @@ pub(super) fn series(rig: &mut Rig, workload: &str, modes: &[Mode]) -> anyhow::R
     Ok(rows)
 }
 
-/// The throughput targets; plain HTTP has none.
+/// The throughput targets; plain HTTP and intercept + secret have none.
 fn target(route: Route) -> Option<Target> {
     match route {
         Route::Intercept => Some(Target::RatioAtLeast(0.8)),
         Route::Bypass => Some(Target::RatioAtLeast(0.95)),
-        Route::Direct | Route::Http => None,
+        Route::Direct | Route::InterceptSecret | Route::Http => None,
     }
 }
 
@@ -168,6 +180,9 @@ fn curl_download(
         .arg(out);
     if mode.scheme == Scheme::Https {
         command.arg("--cacert").arg(ca);
+    }
+    if mode.sends_secret() {
+        command.arg("-H").arg(secret::authorization());
     }
     command.args([
         if mode.h2 { "--http2" } else { "--http1.1" },

@@ -85,15 +85,47 @@ impl Workload {
     }
 }
 
-/// The row saying a workload has no figure for secrets-aware interception.
-fn secrets_row(workload: &str) -> Row {
-    Row {
-        workload: workload.into(),
-        mode: "intercept + secret for the host".into(),
-        figure: "–".into(),
-        text: Some("n/a (secrets not implemented)".into()),
-        ..Row::default()
+/// For each intercept + secret mode among `modes`, a row giving its `figure` over plain
+/// intercept's (same HTTP version, same run of the workload, best to best; `runs`: round by
+/// round): the throughput cost of the HTTP-aware path against the plain intercept path.
+fn against_intercept(rows: &[Row], modes: &[Mode], figure: &str) -> Vec<Row> {
+    let find = |mode: Mode| {
+        rows.iter()
+            .find(|r| r.mode == mode.label() && r.figure == figure)
+    };
+    let mut out = Vec::new();
+    for &mode in modes {
+        let Some(plain) = mode.without_secret() else {
+            continue;
+        };
+        let (Some(secret), Some(plain_row)) = (find(mode), find(plain)) else {
+            continue;
+        };
+        let ratio = match (secret.value, plain_row.value) {
+            (Some(s), Some(p)) => s / p,
+            _ => f64::NAN,
+        };
+        out.push(Row {
+            workload: secret.workload.clone(),
+            mode: format!("{} / {}", mode.label(), plain.label()),
+            figure: format!("{figure} ratio: HTTP-aware path / plain intercept"),
+            unit: "×".into(),
+            runs: secret
+                .runs
+                .iter()
+                .zip(&plain_row.runs)
+                .map(|(s, p)| s / p)
+                .collect(),
+            value: Some(ratio),
+            text: Some(if ratio.is_finite() {
+                format!("{ratio:.2}")
+            } else {
+                "–".into()
+            }),
+            ..Row::default()
+        });
     }
+    out
 }
 
 /// A figure of an oha run: name, unit, how to read it.
