@@ -11,6 +11,7 @@ pub mod engine;
 pub mod exec;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod process;
