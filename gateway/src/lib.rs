@@ -13,6 +13,7 @@ pub mod engine;
 pub mod exec;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod process;

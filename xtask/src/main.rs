@@ -1,6 +1,7 @@
 //! Project tasks. `cargo xtask demo` shows the gateway working; `cargo xtask test` runs every
-//! check CI runs; `bench`, `soak` and `fuzz` run the longer measurements and checks. Each first
-//! installs what it needs (scripts/setup.sh, idempotent).
+//! check CI runs; `bench`, `soak` and `fuzz` run the longer measurements and checks; `install`
+//! puts the release daemon on this host as a systemd service. Each first installs what it needs
+//! (scripts/setup.sh, idempotent).
 //!
 //! This crate depends on nothing of the workspace so that it builds before bpf-linker exists.
 
@@ -13,6 +14,8 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+
+mod install;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "gateway project tasks")]
@@ -39,6 +42,16 @@ enum Task {
     Soak,
     /// Run each cargo-fuzz target for 10 minutes (FUZZ_SECONDS to change); fails on a crash.
     Fuzz,
+    /// Build the release gateway and install it as a systemd service: PREFIX/bin/gateway,
+    /// /etc/systemd/system/gateway.service and, when none exists, /etc/gateway/gateway.toml.
+    Install {
+        /// Where the binary goes (PREFIX/bin/gateway); the unit names it there.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Write every file under this directory instead of / (for packaging or a check).
+        #[arg(long, value_name = "DIR")]
+        dest_dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,7 +86,42 @@ fn main() -> anyhow::Result<()> {
             setup(&root)?;
             step("fuzz", script(&root, "fuzz.sh"))
         }
+        Task::Install { prefix, dest_dir } => install_service(&root, prefix, dest_dir),
     }
+}
+
+/// Builds the release gateway and installs it with its unit and a default config.
+fn install_service(root: &Path, prefix: PathBuf, dest_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let binary = build_release(root)?;
+    let unit = root.join("packaging/gateway.service");
+    let plan = install::Plan {
+        unit_template: std::fs::read_to_string(&unit)
+            .with_context(|| format!("reading {}", unit.display()))?,
+        default_config: default_config(&binary)?,
+        binary,
+        prefix,
+        dest_dir,
+    };
+    let done = install::install(&plan)?;
+    print!("{}", install::report(&plan, &done));
+    Ok(())
+}
+
+/// `gateway config default`: every key at its default, commented.
+fn default_config(binary: &Path) -> anyhow::Result<String> {
+    let output = Command::new(binary)
+        .args(["config", "default"])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {} config default", binary.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} config default failed ({})",
+            binary.display(),
+            output.status
+        );
+    }
+    String::from_utf8(output.stdout).context("`gateway config default` printed non-UTF-8")
 }
 
 /// Installs prerequisites and builds the release gateway; returns its path.
