@@ -343,7 +343,9 @@ async fn try_handle(
             )
             .await?;
             if route.http_aware {
-                serve_http_aware(intercepted, dst, route, ctx, state).await
+                // Boxed, like the other rare branches: their futures would otherwise size
+                // every connection's task, bypassed ones included.
+                Box::pin(serve_http_aware(intercepted, dst, route, ctx, state)).await
             } else {
                 let Intercepted {
                     client, upstream, ..
@@ -351,14 +353,22 @@ async fn try_handle(
                 Ok(relay(client, upstream, ctx.timeouts.idle).await?)
             }
         }
-        Route::Forbid(forbid) => forbid_tls(stream, prefix, &alpn_offer, forbid, ctx).await,
+        Route::Forbid(forbid) => {
+            Box::pin(forbid_tls(stream, prefix, &alpn_offer, forbid, ctx)).await
+        }
         Route::PlainHttp => {
             let judge = Arc::new(NameJudge(Arc::clone(policy)));
             let filter = secrets_filter(state, ctx.id, true);
-            Ok(
-                http::plain::proxy(stream, prefix, dst, judge, filter, ctx.id, ctx.timeouts)
-                    .await?,
-            )
+            Ok(Box::pin(http::plain::proxy(
+                stream,
+                prefix,
+                dst,
+                judge,
+                filter,
+                ctx.id,
+                ctx.timeouts,
+            ))
+            .await?)
         }
     }
 }
