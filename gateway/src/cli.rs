@@ -170,6 +170,10 @@ pub struct RunArgs {
     /// bpffs directory where maps and links are pinned.
     #[arg(long, default_value = DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// Serve Prometheus metrics on ADDR (e.g. 127.0.0.1:9464) at /metrics. Off by default;
+    /// refused when a sandbox's policy would let it connect there.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub engine: EngineArgs,
 }

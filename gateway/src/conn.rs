@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use crate::{
     ebpf::{EbpfError, OrigDstTable},
     http::{self, HostJudge, HttpError, Verdict},
+    metrics::{HandshakeFailure, Metrics, Outcome},
     net::{ClientAddr, DialError, OrigDst, dial},
     policy::{
         PortKind, Refusal, Route, SandboxPolicy,
@@ -33,7 +34,7 @@ use crate::{
     },
     relay::{RelayError, RelayStats, Timeouts, relay, splice},
     sandbox::SandboxId,
-    secrets::{SandboxSecrets, SecretsFilter},
+    secrets::{SandboxSecrets, SecretsFilter, ViolationReport},
     tls::{
         TlsContext,
         certs::Subject,
@@ -67,6 +68,10 @@ pub struct SandboxContext {
     pub open: AtomicUsize,
     /// Cancelled when the gateway stops waiting for connections to finish.
     pub cancel: CancellationToken,
+    /// The daemon's metrics.
+    pub metrics: Arc<Metrics>,
+    /// Its name as the metrics label.
+    pub label: Arc<str>,
 }
 
 impl SandboxContext {
@@ -274,6 +279,7 @@ pub async fn handle(stream: TcpStream, client: ClientAddr, ctx: &SandboxContext)
     let mut info = ConnInfo::default();
     let state = ctx.state();
     ctx.open.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics.connection_opened(&ctx.label);
     let result = tokio::select! {
         result = try_handle(stream, client, ctx, &state, &mut info) => result,
         () = ctx.cancel.cancelled() => Err(ConnError::Shutdown),
@@ -282,7 +288,44 @@ pub async fn handle(stream: TcpStream, client: ClientAddr, ctx: &SandboxContext)
     if info.counted {
         ctx.stats.closed(info.mode);
     }
+    count_close(ctx, &info, &result);
     log_close(ctx.id, client, &info, start.elapsed(), &result);
+}
+
+/// The connection's figures in the metrics: by mode and outcome, its bytes, and why its
+/// handshake failed.
+fn count_close(ctx: &SandboxContext, info: &ConnInfo, result: &Result<RelayStats, ConnError>) {
+    let (outcome, stats) = match result {
+        Ok(stats) => (Outcome::Ok, *stats),
+        Err(err) => {
+            if let Some(reason) = handshake_failure(err) {
+                ctx.metrics.handshake_failed(reason);
+            }
+            (Outcome::Error, err.stats())
+        }
+    };
+    ctx.metrics.connection_closed(
+        &ctx.label,
+        info.mode.as_str(),
+        outcome,
+        stats.bytes_up,
+        stats.bytes_down,
+    );
+}
+
+/// The handshake step an interception failed at, if that is how it failed.
+fn handshake_failure(err: &ConnError) -> Option<HandshakeFailure> {
+    let ConnError::Intercept(err) = err else {
+        return None;
+    };
+    Some(match err {
+        InterceptError::Dial(_) => HandshakeFailure::UpstreamUnreachable,
+        InterceptError::UpstreamTls { .. } => HandshakeFailure::UpstreamVerify,
+        InterceptError::UpstreamTlsTimeout { .. } => HandshakeFailure::UpstreamTimeout,
+        InterceptError::Cert(_) => HandshakeFailure::Certificate,
+        InterceptError::ClientTls(_) => HandshakeFailure::ClientHandshake,
+        InterceptError::ClientTlsTimeout { .. } => HandshakeFailure::ClientTimeout,
+    })
 }
 
 async fn try_handle(
@@ -358,7 +401,7 @@ async fn try_handle(
         }
         Route::PlainHttp => {
             let judge = Arc::new(NameJudge(Arc::clone(policy)));
-            let filter = secrets_filter(state, ctx.id, true);
+            let filter = secrets_filter(state, ctx, true);
             Ok(Box::pin(http::plain::proxy(
                 stream,
                 prefix,
@@ -396,7 +439,7 @@ async fn serve_http_aware(
         stream: upstream,
         reopen,
     };
-    let filter = secrets_filter(state, ctx.id, false);
+    let filter = secrets_filter(state, ctx, false);
     let served = http::aware::serve(
         client,
         alpn.as_deref(),
@@ -433,15 +476,20 @@ fn reopener(
 /// HTTP nothing is substituted and every placeholder is a violation.
 fn secrets_filter(
     state: &SandboxState,
-    sandbox: SandboxId,
+    ctx: &SandboxContext,
     cleartext: bool,
 ) -> Option<Arc<dyn http::Filter>> {
     if state.secrets.is_empty() {
         return None;
     }
+    let report = ViolationReport {
+        id: ctx.id,
+        name: Arc::clone(&ctx.label),
+        metrics: Arc::clone(&ctx.metrics),
+    };
     Some(Arc::new(SecretsFilter::new(
         state.secrets.current(),
-        sandbox,
+        report,
         cleartext,
     )))
 }

@@ -139,10 +139,9 @@ pub struct Programs {
     port_rules: HashMap<MapData, PortKey, PortRule>,
     addr_rules: LpmTrie<MapData, AddrKey, AddrRule>,
     resolvers: HashMap<MapData, AddrKey, u32>,
-    refusals: PerCpuHashMap<MapData, u32, Refusals>,
     refusal_events: Option<RingBuf<MapData>>,
     orig_dst: OrigDstTable,
-    counters: PerCpuArray<MapData, Counters>,
+    counts: Counts,
     pins: Option<PinDir>,
 }
 
@@ -191,10 +190,12 @@ impl Programs {
             port_rules: maps.take(map_names::PORT_RULES)?,
             addr_rules: maps.take(map_names::ADDR_RULES)?,
             resolvers: maps.take(map_names::RESOLVERS)?,
-            refusals: maps.take(map_names::REFUSALS)?,
             refusal_events: Some(maps.take(map_names::REFUSAL_EVENTS)?),
             orig_dst: OrigDstTable(Arc::new(Mutex::new(maps.take(map_names::ORIG_DST)?))),
-            counters: maps.take(map_names::COUNTERS)?,
+            counts: Counts(Arc::new(Mutex::new(CountMaps {
+                counters: maps.take(map_names::COUNTERS)?,
+                refusals: maps.take(map_names::REFUSALS)?,
+            }))),
             ebpf,
             pins,
         })
@@ -293,7 +294,7 @@ impl Programs {
         report_removal(
             sandbox_id,
             map_names::REFUSALS,
-            self.refusals.remove(&sandbox_id),
+            self.counts.lock().refusals.remove(&sandbox_id),
         );
     }
 
@@ -385,13 +386,16 @@ impl Programs {
         }
         let cpus = aya::util::nr_cpus().map_err(|(_, source)| EbpfError::Cpus { source })?;
         // Counts of an adopted sandbox go on from where they were.
-        if self.refusals.get(&rules.sandbox_id, 0).is_err() {
+        let mut counts = self.counts.lock();
+        if counts.refusals.get(&rules.sandbox_id, 0).is_err() {
             let zero = aya::maps::PerCpuValues::try_from(vec![Refusals::default(); cpus])
                 .map_err(|source| EbpfError::Cpus { source })?;
-            self.refusals
+            counts
+                .refusals
                 .insert(rules.sandbox_id, zero, 0)
                 .map_err(map_err("insert into", map_names::REFUSALS))?;
         }
+        drop(counts);
         let conf = SandboxConf {
             sandbox_id: rules.sandbox_id,
             listener_port: rules.listener_port,
@@ -452,7 +456,7 @@ impl Programs {
         report_removal(
             rules.sandbox_id,
             map_names::REFUSALS,
-            self.refusals.remove(&rules.sandbox_id),
+            self.counts.lock().refusals.remove(&rules.sandbox_id),
         );
     }
 
@@ -480,23 +484,7 @@ impl Programs {
 
     /// A sandbox's refusals so far, summed over CPUs.
     pub fn refusals(&self, sandbox_id: u32) -> Result<Refusals, EbpfError> {
-        let values = self
-            .refusals
-            .get(&sandbox_id, 0)
-            .map_err(|source| EbpfError::Map {
-                op: "read",
-                map: map_names::REFUSALS,
-                source,
-            })?;
-        Ok(values
-            .iter()
-            .fold(Refusals::default(), |sum, cpu| Refusals {
-                address: sum.address + cpu.address,
-                tcp_port: sum.tcp_port + cpu.tcp_port,
-                udp_port: sum.udp_port + cpu.udp_port,
-                quic: sum.quic + cpu.quic,
-                socket: sum.socket + cpu.socket,
-            }))
+        self.counts.refusals(sandbox_id)
     }
 
     /// The ring buffer of refusal events, for the one task that reads it.
@@ -511,20 +499,12 @@ impl Programs {
 
     /// Current counter values, summed over CPUs, by name.
     pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, EbpfError> {
-        let per_cpu = self.counters.get(&0, 0).map_err(|source| EbpfError::Map {
-            op: "read",
-            map: map_names::COUNTERS,
-            source,
-        })?;
-        Ok(Counter::ALL
-            .iter()
-            .map(|counter| {
-                (
-                    counter.name(),
-                    per_cpu.iter().map(|c| c.get(*counter)).sum(),
-                )
-            })
-            .collect())
+        self.counts.counters()
+    }
+
+    /// A shareable reader of the counters and refusals (for the metrics endpoint).
+    pub fn counts(&self) -> Counts {
+        self.counts.clone()
     }
 
     /// The pin directory, when state is pinned.
@@ -644,6 +624,72 @@ fn check_layouts(pins: &PinDir) -> Result<(), EbpfError> {
         }
     }
     Ok(())
+}
+
+/// The `COUNTERS` and `REFUSALS` maps, shared with whoever reports them (the metrics
+/// endpoint reads them at scrape time); the lock is held for one map operation.
+#[derive(Clone)]
+pub struct Counts(Arc<Mutex<CountMaps>>);
+
+struct CountMaps {
+    counters: PerCpuArray<MapData, Counters>,
+    refusals: PerCpuHashMap<MapData, u32, Refusals>,
+}
+
+impl fmt::Debug for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Counts")
+    }
+}
+
+impl Counts {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CountMaps> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Current counter values, summed over CPUs, by name.
+    pub fn counters(&self) -> Result<BTreeMap<&'static str, u64>, EbpfError> {
+        let per_cpu = self
+            .lock()
+            .counters
+            .get(&0, 0)
+            .map_err(|source| EbpfError::Map {
+                op: "read",
+                map: map_names::COUNTERS,
+                source,
+            })?;
+        Ok(Counter::ALL
+            .iter()
+            .map(|counter| {
+                (
+                    counter.name(),
+                    per_cpu.iter().map(|c| c.get(*counter)).sum(),
+                )
+            })
+            .collect())
+    }
+
+    /// A sandbox's refusals so far, summed over CPUs.
+    pub fn refusals(&self, sandbox_id: u32) -> Result<Refusals, EbpfError> {
+        let values = self
+            .lock()
+            .refusals
+            .get(&sandbox_id, 0)
+            .map_err(|source| EbpfError::Map {
+                op: "read",
+                map: map_names::REFUSALS,
+                source,
+            })?;
+        Ok(values
+            .iter()
+            .fold(Refusals::default(), |sum, cpu| Refusals {
+                address: sum.address + cpu.address,
+                tcp_port: sum.tcp_port + cpu.tcp_port,
+                udp_port: sum.udp_port + cpu.udp_port,
+                quic: sum.quic + cpu.quic,
+                socket: sum.socket + cpu.socket,
+            }))
+    }
 }
 
 /// `ORIG_DST`, shared by the listeners; the lock is held for one lookup and its delete, never

@@ -4,6 +4,7 @@
 
 use std::{
     collections::BTreeMap,
+    net::SocketAddr,
     os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::{Arc, PoisonError, RwLock},
@@ -24,6 +25,7 @@ use crate::{
     conn::{ConnStats, SandboxContext, SandboxState},
     control::{SandboxStatus, Status},
     ebpf::{Attachment, EbpfError, PinDir, Programs, SandboxRules},
+    metrics::Metrics,
     net::listener::{self, ListenError},
     policy::{
         SandboxPolicy, TlsPolicy,
@@ -111,6 +113,17 @@ pub enum EngineError {
         /// Its pid.
         pid: u32,
     },
+    /// A sandbox's policy would let it connect to the metrics endpoint.
+    #[error(
+        "sandbox {name} may connect to {addr}, where the metrics endpoint listens (its policy allows that address and TCP port {}); refuse the port or the address to it, or choose another --metrics-addr",
+        .addr.port()
+    )]
+    ReachesMetrics {
+        /// The sandbox.
+        name: SandboxName,
+        /// The endpoint's address it could reach.
+        addr: SocketAddr,
+    },
     /// The gateway process itself is inside a sandbox cgroup, so its upstream dials would loop.
     #[error(
         "the gateway runs inside sandbox cgroup {cgroup} (its own cgroup is {own}); run it outside every sandbox"
@@ -157,6 +170,10 @@ struct Served {
     context: Arc<SandboxContext>,
 }
 
+mod observed;
+
+use observed::{Attached, EbpfMetrics};
+
 /// The running gateway: loaded programs, and one listener (and accept tasks) per sandbox.
 #[derive(Debug)]
 pub struct Engine {
@@ -177,6 +194,11 @@ pub struct Engine {
     cancel: CancellationToken,
     started: Instant,
     state_file: Option<StateFile>,
+    metrics: Arc<Metrics>,
+    /// The attached sandboxes' names by id (for the metrics).
+    attached: Attached,
+    /// Where the metrics endpoint listens: no sandbox may reach these.
+    metrics_addrs: Vec<SocketAddr>,
 }
 
 /// What [`Engine::add_sandbox`] set up, for logs and callers.
@@ -215,7 +237,13 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         // TLS state first: a bad CA or CA file fails before anything is loaded.
         let provider = Arc::new(crypto_provider());
-        let tls = Arc::new(TlsContext::new(&options.tls, &gateway_home(), &provider)?);
+        let metrics = Arc::new(Metrics::new());
+        let tls = Arc::new(TlsContext::new(
+            &options.tls,
+            &gateway_home(),
+            &provider,
+            Arc::clone(&metrics),
+        )?);
         let tls_policy = Arc::new(TlsPolicy::new(&options.tls, &provider)?);
         let secrets = Arc::new(SecretStore::load(&options.secrets)?);
         let mut programs = Programs::load(pins)?;
@@ -224,6 +252,11 @@ impl Engine {
         if let Some(events) = programs.take_refusal_events() {
             accept_loops.spawn(log_refusals(events, Arc::clone(&policies)));
         }
+        let attached = Attached::default();
+        metrics.set_ebpf_source(Arc::new(EbpfMetrics {
+            counts: programs.counts(),
+            attached: attached.clone(),
+        }));
         Ok(Engine {
             programs,
             tls,
@@ -240,6 +273,9 @@ impl Engine {
             cancel: CancellationToken::new(),
             started: Instant::now(),
             state_file,
+            metrics,
+            attached,
+            metrics_addrs: Vec::new(),
         })
     }
 
@@ -368,6 +404,8 @@ impl Engine {
             stats: Arc::clone(&self.stats),
             open: Default::default(),
             cancel: self.cancel.clone(),
+            metrics: Arc::clone(&self.metrics),
+            label: Arc::from(name.as_str()),
         });
         // Listeners accept before the programs redirect anything, so no connect is lost.
         let accept_loops: Vec<_> = listeners
@@ -395,6 +433,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, Arc::clone(&state.policy));
+        self.attached.insert(id.0, Arc::clone(&context.label));
         let info = SandboxInfo {
             id,
             name: name.clone(),
@@ -454,7 +493,42 @@ impl Engine {
             Arc::clone(&self.tls_policy),
             secrets.scope(),
         ));
+        self.refuse_reaching_metrics(name, &policy, &self.metrics_addrs)?;
         Ok(SandboxState { policy, secrets })
+    }
+
+    /// The daemon's metrics, for its endpoint.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Keeps every sandbox, now and later, from reaching `addrs` (where the metrics endpoint
+    /// listens): refused now if a sandbox served already could.
+    ///
+    /// # Errors
+    /// [`EngineError::ReachesMetrics`] naming the first sandbox that could.
+    pub fn protect_metrics(&mut self, addrs: Vec<SocketAddr>) -> Result<(), EngineError> {
+        for (name, served) in &self.served {
+            let state = served.context.state();
+            self.refuse_reaching_metrics(name, &state.policy, &addrs)?;
+        }
+        self.metrics_addrs = addrs;
+        Ok(())
+    }
+
+    fn refuse_reaching_metrics(
+        &self,
+        name: &SandboxName,
+        policy: &SandboxPolicy,
+        addrs: &[SocketAddr],
+    ) -> Result<(), EngineError> {
+        match addrs.iter().find(|addr| policy.reaches_tcp(**addr)) {
+            Some(addr) => Err(EngineError::ReachesMetrics {
+                name: name.clone(),
+                addr: *addr,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Stops serving the sandbox `name` and detaches its programs; its open connections go on
@@ -516,6 +590,7 @@ impl Engine {
             rules,
             attachment,
             accept_loops,
+            context,
             ..
         } = served;
         accept_loops
@@ -539,6 +614,12 @@ impl Engine {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&id);
+        self.attached.remove(id.0);
+        tokio::spawn(forget_when_closed(
+            context,
+            Arc::clone(&self.metrics),
+            self.attached.clone(),
+        ));
     }
 
     /// Judges every sandbox by `options` from now on (bypass, upstream rules, policy, secrets):
@@ -767,6 +848,21 @@ fn refuse_own_cgroup(sandbox: &Path) -> Result<(), EngineError> {
         });
     }
     Ok(())
+}
+
+/// Drops a removed sandbox's series from the metrics once its last connection has closed
+/// (unless a sandbox of the same name was added meanwhile).
+async fn forget_when_closed(
+    context: Arc<SandboxContext>,
+    metrics: Arc<Metrics>,
+    attached: Attached,
+) {
+    while context.open_connections() > 0 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    if !attached.has_name(&context.label) {
+        metrics.forget_sandbox(&context.label);
+    }
 }
 
 /// Removes cgroups left by execs whose owner died (killing what is left in them), off the

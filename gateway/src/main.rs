@@ -71,6 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options = RunOptions {
                 sandboxes,
                 pin_dir: args.pin_dir,
+                metrics_addr: args.metrics_addr,
                 state_dir: cli.state_dir.clone(),
                 config_path: cli.config.clone(),
                 engine: engine(&args.engine, &config),

@@ -7,7 +7,11 @@ pub mod addr;
 pub mod refusals;
 pub mod route;
 
-use std::{net::IpAddr, path::Path, sync::Arc};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::Arc,
+};
 
 use gateway_common::{AddrRule, SandboxConf, protocol};
 use gateway_proto::{
@@ -120,6 +124,20 @@ impl SandboxPolicy {
         } else {
             None
         }
+    }
+
+    /// Whether a TCP connect of this sandbox to `addr` leaves the sandbox as dialled: the
+    /// address is not denied and the port is one it may reach directly (a redirected port
+    /// goes to its listener instead).
+    pub fn reaches_tcp(&self, addr: SocketAddr) -> bool {
+        let port = addr.port();
+        let address_allowed = self
+            .addrs
+            .judge(addr.ip())
+            .is_none_or(|rule| rule.action == Action::Allow);
+        address_allowed
+            && self.port_kind(port).is_none()
+            && self.config.allow_tcp_ports.contains(port)
     }
 
     /// The eBPF map entries enforcing this policy for sandbox `id`.

@@ -4,12 +4,13 @@
 //! (fail closed) for the next daemon to adopt.
 
 use std::{
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use gateway_proto::{config::Config, sandbox_spec::SandboxSpec};
-use tokio::sync::mpsc;
+use tokio::{net::TcpListener, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -17,6 +18,7 @@ use crate::{
     control::{self, Added, ControlError, Incoming, Request, Response},
     ebpf::{PinDir, pins::PinError},
     engine::{Engine, EngineError, EngineOptions, remove_owned_cgroups},
+    metrics::{self, MetricsError},
     process::{self, ProcessError, Signal, Signals, Trim},
     sandbox::cgroup::Cgroup,
     state::{StateError, StateFile},
@@ -40,6 +42,9 @@ pub enum RunError {
     /// The engine or a sandbox could not be set up.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// The metrics endpoint could not listen.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 /// Options of `gateway run`.
@@ -49,6 +54,8 @@ pub struct RunOptions {
     pub sandboxes: Vec<SandboxSpec>,
     /// Where maps and links are pinned.
     pub pin_dir: PathBuf,
+    /// Where to serve metrics, if anywhere.
+    pub metrics_addr: Option<SocketAddr>,
     /// Where the control socket and the remembered sandboxes live.
     pub state_dir: PathBuf,
     /// The config file, read again on reload.
@@ -68,8 +75,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     process::no_core_dumps();
     let mut signals = Signals::new()?;
     let fresh = !options.pin_dir.exists();
-    let engine = match start_engine(&options) {
-        Ok(engine) => engine,
+    let (engine, metrics_listener) = match start_engine(&options) {
+        Ok(started) => started,
         Err(err) => {
             // A first start that failed leaves nothing behind; a restart keeps what it found.
             if fresh {
@@ -82,6 +89,13 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let listener = control::bind(&socket)?;
     let (requests, mut incoming) = mpsc::channel(16);
     let stop_control = CancellationToken::new();
+    let metrics_task = metrics_listener.map(|listener| {
+        tokio::spawn(metrics::serve_listener(
+            listener,
+            engine.metrics(),
+            stop_control.clone(),
+        ))
+    });
     let control_task = tokio::spawn(control::serve(listener, requests, stop_control.clone()));
     info!(pin_dir = %options.pin_dir.display(), control = %socket.display(), sandboxes = engine.list().len(), "gateway ready");
     let mut daemon = Daemon {
@@ -96,6 +110,9 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     // Requests that arrived too late are refused; answers already given are written.
     drop(incoming);
     let _ = control_task.await;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     result
 }
 
@@ -128,7 +145,7 @@ async fn finish(engine: Engine, ending: Ending, drain_timeout: Duration) -> Resu
 
 /// Takes the pin directory, adopts what is pinned there and serves the sandboxes named at
 /// start.
-fn start_engine(options: &RunOptions) -> Result<Engine, RunError> {
+fn start_engine(options: &RunOptions) -> Result<(Engine, Option<TcpListener>), RunError> {
     // A sandbox named at start that cannot be served is refused before anything is pinned.
     for spec in &options.sandboxes {
         Cgroup::open(&spec.cgroup).map_err(EngineError::from)?;
@@ -142,7 +159,48 @@ fn start_engine(options: &RunOptions) -> Result<Engine, RunError> {
     for spec in &options.sandboxes {
         add_configured(&mut engine, spec)?;
     }
-    Ok(engine)
+    let metrics_listener = match options.metrics_addr {
+        Some(addr) => {
+            engine.protect_metrics(addresses_of(addr))?;
+            Some(bind_metrics(addr)?)
+        }
+        None => None,
+    };
+    Ok((engine, metrics_listener))
+}
+
+/// Every address a connect to `addr` reaches it by: itself, and when it is the unspecified
+/// address, each address of this host's interfaces (of its family; IPv4 too for `::`).
+fn addresses_of(addr: SocketAddr) -> Vec<SocketAddr> {
+    let mut addrs = vec![addr];
+    if !addr.ip().is_unspecified() {
+        return addrs;
+    }
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        warn!("interface addresses unreadable; judging the metrics address by itself");
+        return addrs;
+    };
+    let local = interfaces.filter_map(|interface| {
+        let address = interface.address?;
+        match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
+            (Some(v4), _) => Some(IpAddr::V4(v4.ip())),
+            (_, Some(v6)) if addr.is_ipv6() => Some(IpAddr::V6(v6.ip())),
+            _ => None,
+        }
+    });
+    addrs.extend(local.map(|ip| SocketAddr::new(ip, addr.port())));
+    addrs
+}
+
+fn bind_metrics(addr: SocketAddr) -> Result<TcpListener, MetricsError> {
+    let listen_err = |source| MetricsError::Listen {
+        op: "bind",
+        addr,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(addr).map_err(listen_err)?;
+    listener.set_nonblocking(true).map_err(listen_err)?;
+    TcpListener::from_std(listener).map_err(listen_err)
 }
 
 /// A sandbox of the command line or config: added, unless one was adopted for its cgroup.

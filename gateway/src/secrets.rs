@@ -25,6 +25,7 @@ use tracing::warn;
 
 use crate::{
     http::{Filter, Refused, StreamRewrite},
+    metrics::Metrics,
     sandbox::SandboxId,
 };
 
@@ -221,14 +222,14 @@ impl SecretScope {
 #[derive(Debug)]
 pub struct SecretsFilter {
     secrets: Secrets,
-    sandbox: SandboxId,
+    sandbox: ViolationReport,
     /// Plain HTTP: nothing is substituted, placeholders are violations.
     cleartext: bool,
 }
 
 impl SecretsFilter {
     /// The filter for one connection of `sandbox` (values as of now).
-    pub fn new(secrets: Secrets, sandbox: SandboxId, cleartext: bool) -> SecretsFilter {
+    pub fn new(secrets: Secrets, sandbox: ViolationReport, cleartext: bool) -> SecretsFilter {
         SecretsFilter {
             secrets,
             sandbox,
@@ -247,14 +248,11 @@ impl SecretsFilter {
     fn settle(&self, rewrite: Result<Rewrite, Violation>) -> Result<Option<Vec<u8>>, Refused> {
         match rewrite {
             Ok(rewrite) => {
-                rewrite
-                    .passed
-                    .iter()
-                    .for_each(|v| log_violation(self.sandbox, v));
+                rewrite.passed.iter().for_each(|v| self.sandbox.report(v));
                 Ok(rewrite.output)
             }
             Err(violation) => {
-                log_violation(self.sandbox, &violation);
+                self.sandbox.report(&violation);
                 Err(Refused {
                     status: StatusCode::FORBIDDEN,
                     reason: violation.to_string(),
@@ -323,12 +321,28 @@ fn header_value(bytes: Vec<u8>) -> Result<HeaderValue, Refused> {
     })
 }
 
-fn log_violation(sandbox: SandboxId, violation: &Violation) {
-    warn!(
-        sandbox = %sandbox, secret = %violation.secret, host = %violation.host,
-        location = violation.location.name(), action = ?violation.action, reason = %violation,
-        "secret violation"
-    );
+/// Where a connection's secret violations are reported: its log line and the metrics.
+#[derive(Debug, Clone)]
+pub struct ViolationReport {
+    /// The sandbox.
+    pub id: SandboxId,
+    /// Its name, the metrics label.
+    pub name: Arc<str>,
+    /// The daemon's metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl ViolationReport {
+    fn report(&self, violation: &Violation) {
+        warn!(
+            sandbox = %self.id, name = %self.name, secret = %violation.secret,
+            host = %violation.host, location = violation.location.name(),
+            action = ?violation.action, reason = %violation,
+            "secret violation"
+        );
+        self.metrics
+            .secret_violation(&self.name, violation.secret.as_str());
+    }
 }
 
 /// Whether a message's body is encoded (compressed): nothing in it can be substituted.
@@ -371,7 +385,7 @@ impl Filter for SecretsFilter {
         );
         Some(Box::new(Rewriter {
             stream,
-            sandbox: self.sandbox,
+            sandbox: self.sandbox.clone(),
         }))
     }
 
@@ -395,7 +409,7 @@ impl Filter for SecretsFilter {
         }
         Some(Box::new(Rewriter {
             stream: self.secrets.response_body(),
-            sandbox: self.sandbox,
+            sandbox: self.sandbox.clone(),
         }))
     }
 }
@@ -404,17 +418,17 @@ impl Filter for SecretsFilter {
 #[derive(Debug)]
 struct Rewriter {
     stream: StreamReplace,
-    sandbox: SandboxId,
+    sandbox: ViolationReport,
 }
 
 impl Rewriter {
     fn settle(&mut self, result: Result<Vec<u8>, StreamError>) -> Result<Bytes, Refused> {
         for violation in self.stream.take_passed() {
-            log_violation(self.sandbox, &violation);
+            self.sandbox.report(&violation);
         }
         result.map(Bytes::from).map_err(|error| match error {
             StreamError::Violation(violation) => {
-                log_violation(self.sandbox, &violation);
+                self.sandbox.report(&violation);
                 Refused {
                     status: StatusCode::FORBIDDEN,
                     reason: violation.to_string(),

@@ -11,6 +11,8 @@ use std::{path::Path, sync::Arc};
 use gateway_proto::config::TlsConfig;
 use rustls::crypto::CryptoProvider;
 
+use crate::metrics::Metrics;
+
 /// Errors preparing TLS state at start.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
@@ -34,6 +36,7 @@ impl TlsContext {
         config: &TlsConfig,
         home: &Path,
         provider: &Arc<CryptoProvider>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, TlsSetupError> {
         let ca = Arc::new(ca::CertAuthority::resolve(config.ca().as_ref(), home)?);
         Ok(TlsContext {
@@ -42,7 +45,8 @@ impl TlsContext {
                 Arc::clone(provider),
                 config.validity_hours.duration(),
                 config.cache_capacity.get().get(),
-            ),
+            )
+            .observed_by(metrics),
             ca,
         })
     }

@@ -635,3 +635,273 @@ fn status_reports_version_sandboxes_and_connections() {
     let text = env.gateway(&["status"]);
     assert!(text.contains("sandboxes: 1"), "{text}");
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The value of the sample `name{labels...}` in OpenMetrics text, when present.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+        let matches = metric == name
+            && labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+        matches.then(|| value.parse::<f64>().ok().map(|v| v as u64))?
+    })
+}
+
+/// curl `-w` figures of one request: (request bytes, header bytes, body bytes).
+fn curl_sizes(output: &Output) -> (u64, u64, u64) {
+    let text = stdout_ok(output).unwrap();
+    let figures: Vec<u64> = text
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    (figures[0], figures[1], figures[2])
+}
+
+#[test]
+fn metrics_count_what_was_sent_and_no_sandbox_reaches_the_endpoint() {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let site = Site::start(&pki, SITE, &[SITE, "by.test"]).unwrap();
+    let port = free_port();
+    let daemon = Daemon::builder()
+        .config(&format!("{}bypass = [\"by.test\"]\n", pki.trusted_config()))
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .start()
+        .unwrap();
+    let env = Env { pki, site, daemon };
+    let (intercepted, bypassed) = (SandboxCgroup::new().unwrap(), SandboxCgroup::new().unwrap());
+    env.add(&intercepted, "m");
+    env.add(&bypassed, "b");
+    let v4 = env.site.host.v4;
+    let sized = |ca: &Path, name: &str, path: &str| {
+        let mut command = cmd(
+            "curl",
+            [
+                "-sS",
+                "--fail",
+                "--http1.1",
+                "--max-time",
+                "15",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_request} %{size_header} %{size_download}",
+                "--cacert",
+            ],
+        );
+        command.arg(ca).args([
+            "--resolve",
+            &format!("{name}:443:{v4}"),
+            &format!("https://{name}{path}"),
+        ]);
+        command
+    };
+
+    // Three intercepted downloads, whose plaintext bytes are exactly what curl counted.
+    let (mut up, mut down) = (0, 0);
+    for n in [1000, 5000, 20000] {
+        let output = intercepted
+            .output(
+                None,
+                &mut sized(&env.daemon.ca_file(), SITE, &format!("/bytes/{n}")),
+            )
+            .unwrap();
+        let (request, header, body) = curl_sizes(&output);
+        assert_eq!(body, n);
+        up += request;
+        down += header + body;
+    }
+    // One interception whose upstream fails verification (its certificate lacks the name).
+    let mut failed = cmd("curl", ["-sS", "--max-time", "15", "--cacert"]);
+    failed.arg(env.daemon.ca_file()).args([
+        "--resolve",
+        &format!("bad.test:443:{v4}"),
+        "https://bad.test/",
+    ]);
+    assert!(
+        !intercepted
+            .output(None, &mut failed)
+            .unwrap()
+            .status
+            .success()
+    );
+    // One refused connect (port 22 is not allowed): EPERM in eBPF.
+    let mut refused = cmd("curl", ["-sS", "--max-time", "5"]);
+    refused.arg(format!("http://{v4}:22/"));
+    assert_eq!(
+        intercepted
+            .output(None, &mut refused)
+            .unwrap()
+            .status
+            .code(),
+        Some(7)
+    );
+    // Two bypassed downloads: TLS records, so at least the bodies.
+    for n in [3000, 4000] {
+        let output = bypassed
+            .output(
+                None,
+                &mut sized(&env.pki.ca_file(), "by.test", &format!("/bytes/{n}")),
+            )
+            .unwrap();
+        assert_eq!(curl_sizes(&output).2, n);
+    }
+
+    // The endpoint is not reachable from a sandbox (loopback is denied: EPERM, curl exit 7).
+    let scrape_url = format!("http://127.0.0.1:{port}/metrics");
+    let mut from_sandbox = cmd("curl", ["-sS", "--max-time", "5", &scrape_url]);
+    assert_eq!(
+        intercepted
+            .output(None, &mut from_sandbox)
+            .unwrap()
+            .status
+            .code(),
+        Some(7)
+    );
+
+    // Connection lines are logged when they close; wait for all six before scraping.
+    let mut env = env;
+    env.daemon
+        .wait_until("six closed connections", Duration::from_secs(10), |d| {
+            d.summary().count("connection closed") + d.summary().count("connection failed") >= 6
+        })
+        .unwrap();
+    let text = stdout_ok(
+        &cmd("curl", ["-sS", "--fail", &scrape_url])
+            .output()
+            .unwrap(),
+    )
+    .unwrap();
+    let get = |name: &str, labels: &[(&str, &str)]| {
+        sample(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
+    };
+    let conns = "gateway_connections_total";
+    assert_eq!(
+        get(
+            conns,
+            &[("sandbox", "m"), ("mode", "intercept"), ("outcome", "ok")]
+        ),
+        3
+    );
+    assert_eq!(
+        get(
+            conns,
+            &[
+                ("sandbox", "m"),
+                ("mode", "intercept"),
+                ("outcome", "error")
+            ]
+        ),
+        1
+    );
+    assert_eq!(
+        get(
+            conns,
+            &[("sandbox", "b"), ("mode", "bypass"), ("outcome", "ok")]
+        ),
+        2
+    );
+    assert_eq!(
+        get(
+            "gateway_bytes_total",
+            &[("sandbox", "m"), ("direction", "up")]
+        ),
+        up
+    );
+    assert_eq!(
+        get(
+            "gateway_bytes_total",
+            &[("sandbox", "m"), ("direction", "down")]
+        ),
+        down
+    );
+    let bypass_down = get(
+        "gateway_bytes_total",
+        &[("sandbox", "b"), ("direction", "down")],
+    );
+    assert!(
+        (7000..7000 + 2 * 16384).contains(&bypass_down),
+        "{bypass_down}"
+    );
+    assert_eq!(get("gateway_connections_open", &[("sandbox", "m")]), 0);
+    assert_eq!(
+        get(
+            "gateway_handshake_failures_total",
+            &[("reason", "upstream_verify")]
+        ),
+        1
+    );
+    assert_eq!(get("gateway_cert_cache_total", &[("result", "miss")]), 1);
+    assert_eq!(get("gateway_cert_cache_total", &[("result", "hit")]), 2);
+    assert_eq!(get("gateway_certs_generated_total", &[]), 1);
+    assert_eq!(
+        get("gateway_ebpf_events_total", &[("event", "redirected_v4")]),
+        6
+    );
+    assert_eq!(
+        get(
+            "gateway_refusals_total",
+            &[("sandbox", "m"), ("reason", "tcp_port")]
+        ),
+        1
+    );
+    assert_eq!(
+        get(
+            "gateway_refusals_total",
+            &[("sandbox", "b"), ("reason", "tcp_port")]
+        ),
+        0
+    );
+
+    // A sandbox whose policy would reach the endpoint is refused, and so is a reload that
+    // would open it to the ones served.
+    let other = SandboxCgroup::new().unwrap();
+    let open = env
+        .daemon
+        .control([
+            "sandbox",
+            "add",
+            "--cgroup",
+            other.path().to_str().unwrap(),
+            "--name",
+            "peek",
+            "--allow-cidr",
+            "127.0.0.1/32",
+            "--allow-tcp-port",
+            &port.to_string(),
+        ])
+        .unwrap();
+    assert!(!open.status.success());
+    let stderr = String::from_utf8_lossy(&open.stderr);
+    assert!(
+        stderr.contains("sandbox peek may connect to 127.0.0.1"),
+        "{stderr}"
+    );
+    write_config(
+        &env,
+        &format!(
+            "bypass = [\"by.test\"]\n[policy]\nallow_cidrs = [\"127.0.0.0/8\"]\nallow_tcp_ports = [{port}]\n"
+        ),
+    );
+    let reload = env.daemon.control(["reload"]).unwrap();
+    assert!(!reload.status.success());
+    assert!(
+        String::from_utf8_lossy(&reload.stderr).contains("metrics endpoint"),
+        "{reload:?}"
+    );
+    assert_eq!(
+        env.names(),
+        BTreeSet::from(["b".to_owned(), "m".to_owned()])
+    );
+}

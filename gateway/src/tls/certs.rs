@@ -27,6 +27,7 @@ use tokio::sync::OnceCell;
 use gateway_proto::HostName;
 
 use super::ca::CertAuthority;
+use crate::metrics::Metrics;
 
 /// Leaves are refreshed when they expire within this margin.
 const REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
@@ -102,6 +103,8 @@ pub struct CertCache {
     slots: Mutex<LruCache<Key, Slot>>,
     generated: AtomicU64,
     forge: Forge,
+    /// Where hits, misses and generations are counted.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl fmt::Debug for CertCache {
@@ -129,7 +132,15 @@ impl CertCache {
             slots: Mutex::new(LruCache::new(capacity)),
             generated: AtomicU64::new(0),
             forge,
+            metrics: None,
         }
+    }
+
+    /// Counts hits, misses and generations in `metrics` too.
+    #[must_use]
+    pub fn observed_by(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// How many certificates are cached now.
@@ -159,10 +170,16 @@ impl CertCache {
     ) -> Result<Arc<ServerConfig>, CertError> {
         let key: Key = (subject.clone(), alpn.map(<[u8]>::to_vec));
         let slot = self.slot(&key);
+        if let Some(metrics) = &self.metrics {
+            metrics.cert_cache(slot.initialized());
+        }
         let result = slot
             .get_or_try_init(|| async {
                 let leaf = self.generate(subject, alpn).await?;
                 self.generated.fetch_add(1, Ordering::Relaxed);
+                if let Some(metrics) = &self.metrics {
+                    metrics.cert_generated();
+                }
                 tracing::info!(subject = %subject, "certificate generated");
                 Ok(leaf)
             })
