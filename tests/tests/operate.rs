@@ -905,3 +905,44 @@ fn metrics_count_what_was_sent_and_no_sandbox_reaches_the_endpoint() {
         BTreeSet::from(["b".to_owned(), "m".to_owned()])
     );
 }
+
+/// Sandboxes one daemon serves at once in [`hundreds_of_sandboxes_on_one_daemon`].
+const MANY: usize = 200;
+
+#[test]
+fn hundreds_of_sandboxes_on_one_daemon() {
+    let env = Env::new();
+    let cgroups: Vec<SandboxCgroup> = (0..MANY).map(|_| SandboxCgroup::new().unwrap()).collect();
+    let started = Instant::now();
+    for (i, cgroup) in cgroups.iter().enumerate() {
+        env.add(cgroup, &format!("many{i}"));
+    }
+    let adding = started.elapsed();
+    assert_eq!(env.ls().len(), MANY);
+    // Every one of them is served: a request through each.
+    let started = Instant::now();
+    for cgroup in &cgroups {
+        env.assert_intercepted(cgroup);
+    }
+    let requests = started.elapsed();
+    let (rss_kib, fds) = env.daemon.rss_kib_and_fds().unwrap();
+    let status = json(&env.gateway(&["status", "--json"]));
+    assert_eq!(status["sandboxes"], MANY, "{status}");
+    let started = Instant::now();
+    for i in 0..MANY {
+        env.rm(&format!("many{i}"));
+    }
+    let removing = started.elapsed();
+    assert!(env.ls().is_empty());
+    assert!(
+        std::fs::read_dir(env.daemon.pin_dir().join("links"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "links left pinned"
+    );
+    eprintln!(
+        "figure: {MANY} sandboxes on one daemon: added in {adding:?} ({:?} each, CLI round trip), one request through each in {requests:?}, daemon RSS {rss_kib} KiB with {fds} fds, removed in {removing:?}",
+        adding / MANY as u32
+    );
+}
