@@ -121,8 +121,8 @@ pub enum EbpfError {
     /// A pinned map was made by a build with another map layout.
     #[error(
         "pinned map {pin} ({map}) has the layout {found} (type key/value sizes); this gateway \
-         needs {expected}. It was made by another version of the gateway: stop traffic through \
-         it, run `gateway down` (with that version) to detach its sandboxes, then start this one"
+         needs {expected}. It was made by another version of the gateway: run `gateway down` to \
+         detach its sandboxes and remove the pins, then start this one and add them again"
     )]
     LayoutChanged {
         map: &'static str,

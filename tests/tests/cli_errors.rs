@@ -166,3 +166,80 @@ fn config_default_checks_and_a_broken_file_is_named() {
         "gateway: /dev/stdin: tls.validity_hours: must be at least 1 (got 0) (line 2, column 18)"
     );
 }
+
+/// Pins left by a build whose counters map had another layout (the per-CPU array of five u64
+/// before the counters got BTF): the daemon refuses them, naming the map and the way out,
+/// and touches nothing; `gateway down` clears them and the next start works.
+#[test]
+fn pins_of_another_map_layout_are_refused_and_down_clears_them() {
+    require_root().unwrap();
+    let pins = std::path::PathBuf::from("/sys/fs/bpf").join(gateway_tests::unique("gwtest-old"));
+    std::fs::create_dir_all(&pins).unwrap();
+    let _cleanup = RemoveOnDrop(pins.clone());
+    let made = cmd("bpftool", ["map", "create"])
+        .arg(pins.join("counters"))
+        .args([
+            "type",
+            "percpu_array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "5",
+            "name",
+            "counters",
+        ])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let state = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut command = cmd(gateway_bin().unwrap().to_str().unwrap(), ["--state-dir"]);
+        command
+            .arg(state.path())
+            .args(["run", "--pin-dir"])
+            .arg(&pins)
+            .env("GATEWAY_HOME", state.path());
+        command
+    };
+    let output = start().output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("counters") && stderr.contains("gateway down"),
+        "{stderr}"
+    );
+    assert!(pins.join("counters").exists(), "the old pins were touched");
+
+    let down = cmd(gateway_bin().unwrap().to_str().unwrap(), ["--state-dir"])
+        .arg(state.path())
+        .args(["down", "--pin-dir"])
+        .arg(&pins)
+        .output()
+        .unwrap();
+    assert!(down.status.success(), "{down:?}");
+    assert!(!pins.exists());
+
+    // Now it starts (and is stopped at once: ready is all this test needs).
+    let mut daemon = start()
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = daemon.stderr.take().unwrap();
+    let ready = std::io::BufRead::lines(std::io::BufReader::new(stderr))
+        .map_while(Result::ok)
+        .take(50)
+        .any(|line| line.contains("gateway ready"));
+    gateway_tests::process::terminate(&mut daemon, std::time::Duration::from_secs(10));
+    assert!(ready, "the daemon did not start after down");
+}
+
+/// Removes a pin directory when the test ends, however it ends.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
