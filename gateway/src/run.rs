@@ -326,6 +326,14 @@ impl Daemon<'_> {
         };
         self.engine.reload(options).map_err(|err| err.to_string())?;
         info!(config = %path.display(), "config reloaded");
+        // New [[sandbox]] tables are served from now on; one that cannot be is logged and
+        // the others still are. Tables removed from the file leave their sandboxes alone
+        // (`gateway sandbox rm` removes one).
+        for table in &config.sandbox {
+            if let Err(err) = add_configured(&mut self.engine, &table.to_spec()) {
+                warn!(cgroup = %table.cgroup.display(), error = %err, "a [[sandbox]] of the reloaded config is not served");
+            }
+        }
         Ok(())
     }
 }

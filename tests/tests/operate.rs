@@ -550,10 +550,23 @@ fn reload_changes_new_connections_only_and_a_broken_file_changes_nothing() {
         "bypass lost"
     );
 
-    // A good file again, through `gateway reload`: interception is back for new connections.
-    write_config(&env, "");
+    // A good file again, through `gateway reload`: interception is back for new connections,
+    // and a new [[sandbox]] table is served.
+    let from_file = SandboxCgroup::new().unwrap();
+    write_config(
+        &env,
+        &format!(
+            "[[sandbox]]\ncgroup = {:?}\nname = \"from-file\"\n",
+            from_file.path()
+        ),
+    );
     assert!(env.gateway(&["reload"]).contains("config reloaded"));
     env.assert_intercepted(&cgroup);
+    assert_eq!(
+        env.names(),
+        BTreeSet::from(["from-file".to_owned(), "r".to_owned()])
+    );
+    env.assert_intercepted(&from_file);
 }
 
 /// Connects to the control socket as `nobody` and returns what came back (or the error).
