@@ -33,8 +33,8 @@ use crate::{
         route::{First, Forbid, Intercept, Splice},
     },
     relay::{RelayError, RelayStats, Timeouts, relay, splice},
-    sandbox::SandboxId,
-    secrets::{SandboxSecrets, SecretsFilter, ViolationReport},
+    sandbox::{SandboxId, SandboxTag},
+    secrets::{SandboxSecrets, SecretsFilter},
     tls::{
         TlsContext,
         certs::Subject,
@@ -78,6 +78,15 @@ impl SandboxContext {
     /// The policy and secrets connections are judged by now.
     pub fn state(&self) -> Arc<SandboxState> {
         Arc::clone(&self.state.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// How its connections report themselves.
+    pub fn tag(&self) -> SandboxTag {
+        SandboxTag {
+            id: self.id,
+            name: Arc::clone(&self.label),
+            metrics: Arc::clone(&self.metrics),
+        }
     }
 
     /// This sandbox's connections open now.
@@ -408,7 +417,7 @@ async fn try_handle(
                 dst,
                 judge,
                 filter,
-                ctx.id,
+                ctx.tag(),
                 ctx.timeouts,
             ))
             .await?)
@@ -446,7 +455,7 @@ async fn serve_http_aware(
         upstream,
         &sni,
         filter,
-        ctx.id,
+        ctx.tag(),
         ctx.timeouts,
     );
     Ok(served.await?)
@@ -482,14 +491,9 @@ fn secrets_filter(
     if state.secrets.is_empty() {
         return None;
     }
-    let report = ViolationReport {
-        id: ctx.id,
-        name: Arc::clone(&ctx.label),
-        metrics: Arc::clone(&ctx.metrics),
-    };
     Some(Arc::new(SecretsFilter::new(
         state.secrets.current(),
-        report,
+        ctx.tag(),
         cleartext,
     )))
 }
@@ -508,7 +512,7 @@ async fn forbid_tls(
     let client =
         intercept::accept_client(stream, prefix, &subject, alpn, &ctx.tls, ctx.timeouts).await?;
     let reason = forbid.denial.to_string();
-    Ok(http::deny::forbid(client, alpn, &forbid.sni, &reason, ctx.id, ctx.timeouts).await?)
+    Ok(http::deny::forbid(client, alpn, &forbid.sni, &reason, ctx.tag(), ctx.timeouts).await?)
 }
 
 /// The sandbox's name rules, as the HTTP path asks them about each request's Host.

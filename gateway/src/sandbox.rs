@@ -26,6 +26,35 @@ impl fmt::Display for SandboxId {
     }
 }
 
+/// A sandbox as its connections report it: the id for log lines (its `Display`), the name
+/// and the daemon's metrics for counting.
+#[derive(Clone, Debug)]
+pub struct SandboxTag {
+    /// The sandbox.
+    pub id: SandboxId,
+    /// Its name: the metrics label.
+    pub name: std::sync::Arc<str>,
+    /// Where its connections are counted.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl SandboxTag {
+    /// A tag counting into metrics of its own (tests, and code with no daemon around).
+    pub fn detached(id: SandboxId) -> SandboxTag {
+        SandboxTag {
+            id,
+            name: std::sync::Arc::from(id.to_string()),
+            metrics: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl fmt::Display for SandboxTag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.id.fmt(f)
+    }
+}
+
 /// What a command must do between fork and exec to run inside a sandbox.
 ///
 /// The process joins the cgroup before exec, so every socket it creates belongs to the sandbox,

@@ -25,8 +25,7 @@ use tracing::warn;
 
 use crate::{
     http::{Filter, Refused, StreamRewrite},
-    metrics::Metrics,
-    sandbox::SandboxId,
+    sandbox::SandboxTag,
 };
 
 /// The largest request body secrets are substituted in; a larger one is refused (413), since
@@ -222,14 +221,14 @@ impl SecretScope {
 #[derive(Debug)]
 pub struct SecretsFilter {
     secrets: Secrets,
-    sandbox: ViolationReport,
+    sandbox: SandboxTag,
     /// Plain HTTP: nothing is substituted, placeholders are violations.
     cleartext: bool,
 }
 
 impl SecretsFilter {
     /// The filter for one connection of `sandbox` (values as of now).
-    pub fn new(secrets: Secrets, sandbox: ViolationReport, cleartext: bool) -> SecretsFilter {
+    pub fn new(secrets: Secrets, sandbox: SandboxTag, cleartext: bool) -> SecretsFilter {
         SecretsFilter {
             secrets,
             sandbox,
@@ -321,18 +320,12 @@ fn header_value(bytes: Vec<u8>) -> Result<HeaderValue, Refused> {
     })
 }
 
-/// Where a connection's secret violations are reported: its log line and the metrics.
-#[derive(Debug, Clone)]
-pub struct ViolationReport {
-    /// The sandbox.
-    pub id: SandboxId,
-    /// Its name, the metrics label.
-    pub name: Arc<str>,
-    /// The daemon's metrics.
-    pub metrics: Arc<Metrics>,
+/// Reports a violation: its log line and the metrics.
+trait ReportViolation {
+    fn report(&self, violation: &Violation);
 }
 
-impl ViolationReport {
+impl ReportViolation for SandboxTag {
     fn report(&self, violation: &Violation) {
         warn!(
             sandbox = %self.id, name = %self.name, secret = %violation.secret,
@@ -418,7 +411,7 @@ impl Filter for SecretsFilter {
 #[derive(Debug)]
 struct Rewriter {
     stream: StreamReplace,
-    sandbox: ViolationReport,
+    sandbox: SandboxTag,
 }
 
 impl Rewriter {

@@ -771,6 +771,23 @@ fn metrics_count_what_was_sent_and_no_sandbox_reaches_the_endpoint() {
         assert_eq!(curl_sizes(&output).2, n);
     }
 
+    // One plain HTTP request, judged and forwarded by the gateway.
+    let plain = SandboxCgroup::new().unwrap();
+    let cgroup = plain.path().to_str().unwrap();
+    env.gateway(&[
+        "sandbox",
+        "add",
+        "--cgroup",
+        cgroup,
+        "--name",
+        "h",
+        "--http-port",
+        "8443",
+    ]);
+    let mut request = cmd("curl", ["-sS", "--fail", "--max-time", "15"]);
+    request.arg(format!("http://{v4}:8443/"));
+    assert!(plain.output(None, &mut request).unwrap().status.success());
+
     // The endpoint is not reachable from a sandbox (loopback is denied: EPERM, curl exit 7).
     let scrape_url = format!("http://127.0.0.1:{port}/metrics");
     let mut from_sandbox = cmd("curl", ["-sS", "--max-time", "5", &scrape_url]);
@@ -786,8 +803,8 @@ fn metrics_count_what_was_sent_and_no_sandbox_reaches_the_endpoint() {
     // Connection lines are logged when they close; wait for all six before scraping.
     let mut env = env;
     env.daemon
-        .wait_until("six closed connections", Duration::from_secs(10), |d| {
-            d.summary().count("connection closed") + d.summary().count("connection failed") >= 6
+        .wait_until("seven closed connections", Duration::from_secs(10), |d| {
+            d.summary().count("connection closed") + d.summary().count("connection failed") >= 7
         })
         .unwrap();
     let text = stdout_ok(
@@ -850,6 +867,15 @@ fn metrics_count_what_was_sent_and_no_sandbox_reaches_the_endpoint() {
     assert_eq!(get("gateway_connections_open", &[("sandbox", "m")]), 0);
     assert_eq!(
         get(
+            conns,
+            &[("sandbox", "h"), ("mode", "http"), ("outcome", "ok")]
+        ),
+        1
+    );
+    let requests = "gateway_http_requests_total";
+    assert_eq!(get(requests, &[("sandbox", "h"), ("code_class", "2xx")]), 1);
+    assert_eq!(
+        get(
             "gateway_handshake_failures_total",
             &[("reason", "upstream_verify")]
         ),
@@ -860,7 +886,7 @@ fn metrics_count_what_was_sent_and_no_sandbox_reaches_the_endpoint() {
     assert_eq!(get("gateway_certs_generated_total", &[]), 1);
     assert_eq!(
         get("gateway_ebpf_events_total", &[("event", "redirected_v4")]),
-        6
+        7
     );
     assert_eq!(
         get(
@@ -915,7 +941,7 @@ fn metrics_count_what_was_sent_and_no_sandbox_reaches_the_endpoint() {
     );
     assert_eq!(
         env.names(),
-        BTreeSet::from(["b".to_owned(), "m".to_owned()])
+        BTreeSet::from(["b".to_owned(), "h".to_owned(), "m".to_owned()])
     );
 }
 

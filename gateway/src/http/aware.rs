@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     relay::{RelayStats, Timeouts},
-    sandbox::SandboxId,
+    sandbox::SandboxTag,
     tls::intercept::InterceptError,
 };
 
@@ -75,7 +75,7 @@ pub async fn serve<C, U>(
     upstream: Upstream<U>,
     sni: &HostName,
     filter: Option<Arc<dyn Filter>>,
-    sandbox: SandboxId,
+    sandbox: SandboxTag,
     timeouts: Timeouts,
 ) -> Result<RelayStats, HttpError>
 where
@@ -99,7 +99,7 @@ where
     );
     let upstreams = Upstreams::new(origin, first, open, timeouts.connect);
     let client_conn = Client {
-        sandbox,
+        sandbox: sandbox.clone(),
         protocol,
         meter,
         timeouts,
@@ -171,12 +171,12 @@ where
 /// (domain fronting).
 struct SameName {
     sni: HostName,
-    sandbox: SandboxId,
+    sandbox: SandboxTag,
 }
 
 impl Admit for SameName {
     fn admit(&self, request: &Request<Incoming>, exchange: &mut Exchange) -> Result<Target, Page> {
-        let target = requested_target(request, exchange, self.sandbox)?;
+        let target = requested_target(request, exchange, &self.sandbox)?;
         if target.name != self.sni {
             let reason = format!(
                 "Host {} does not match the TLS name {}",

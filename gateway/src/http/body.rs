@@ -26,7 +26,7 @@ use super::{
     io::Meter,
     page::Page,
 };
-use crate::sandbox::SandboxId;
+use crate::sandbox::SandboxTag;
 
 /// Why a body streamed through the gateway stopped early.
 #[derive(Debug, thiserror::Error)]
@@ -287,7 +287,7 @@ impl Body for ResponseBody {
 /// final.
 #[derive(Debug)]
 pub(crate) struct Exchange {
-    sandbox: SandboxId,
+    sandbox: SandboxTag,
     method: Method,
     host: Option<HostName>,
     status: Option<StatusCode>,
@@ -304,7 +304,7 @@ pub(crate) struct Exchange {
 
 impl Exchange {
     /// Starts the record of a request whose head has just been read.
-    pub(crate) fn begin(sandbox: SandboxId, method: &Method, meter: Arc<Meter>) -> Self {
+    pub(crate) fn begin(sandbox: SandboxTag, method: &Method, meter: Arc<Meter>) -> Self {
         meter.request_begun();
         Exchange {
             sandbox,
@@ -375,12 +375,16 @@ impl Drop for Exchange {
         if self.status.is_none() && self.error.is_none() {
             self.error = Some("the connection ended before the response".to_owned());
         }
+        let status = self.status.map_or(0, |s| s.as_u16());
+        self.sandbox
+            .metrics
+            .http_request(&self.sandbox.name, status);
         let host = self.host.as_ref().map_or("", HostName::as_str);
         info!(
             sandbox = %self.sandbox,
             method = %self.method,
             host,
-            status = self.status.map_or(0, |s| s.as_u16()),
+            status,
             bytes_up = self.bytes_up.load(Ordering::Relaxed),
             bytes_down = self.bytes_down,
             duration_ms = self.start.elapsed().as_millis() as u64,

@@ -22,7 +22,7 @@ use super::{
 };
 use crate::{
     relay::{RelayStats, Timeouts},
-    sandbox::SandboxId,
+    sandbox::SandboxTag,
 };
 
 /// Answers every request on `stream` (TLS already terminated, `alpn` the protocol agreed in
@@ -38,7 +38,7 @@ pub async fn forbid<S>(
     alpn: Option<&[u8]>,
     host: &HostName,
     reason: &str,
-    sandbox: SandboxId,
+    sandbox: SandboxTag,
     timeouts: Timeouts,
 ) -> Result<RelayStats, HttpError>
 where
@@ -94,7 +94,7 @@ where
 
 /// The one answer of a denied connection.
 struct Refusal {
-    sandbox: SandboxId,
+    sandbox: SandboxTag,
     host: HostName,
     page: Page,
     reason: String,
@@ -103,7 +103,11 @@ struct Refusal {
 
 impl Refusal {
     fn respond(&self, request: &Request<Incoming>) -> Response<ResponseBody> {
-        let mut exchange = Exchange::begin(self.sandbox, request.method(), Arc::clone(&self.meter));
+        let mut exchange = Exchange::begin(
+            self.sandbox.clone(),
+            request.method(),
+            Arc::clone(&self.meter),
+        );
         exchange.set_host(self.host.clone());
         exchange.deny(&self.reason);
         exchange.page(self.page.clone())
@@ -150,7 +154,7 @@ mod tests {
                     Some(b"http/1.1"),
                     &host,
                     REASON,
-                    SandboxId(1),
+                    SandboxTag::detached(crate::sandbox::SandboxId(1)),
                     TIMEOUTS,
                 )
                 .await
@@ -180,7 +184,15 @@ mod tests {
             let (mut client, server) = tokio::io::duplex(4096);
             let host = host();
             let serving = tokio::spawn(async move {
-                forbid(server, None, &host, REASON, SandboxId(1), TIMEOUTS).await
+                forbid(
+                    server,
+                    None,
+                    &host,
+                    REASON,
+                    SandboxTag::detached(crate::sandbox::SandboxId(1)),
+                    TIMEOUTS,
+                )
+                .await
             });
             client
                 .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -200,7 +212,15 @@ mod tests {
             let (client, server) = tokio::io::duplex(64 * 1024);
             let host = host();
             let serving = tokio::spawn(async move {
-                forbid(server, Some(b"h2"), &host, REASON, SandboxId(1), TIMEOUTS).await
+                forbid(
+                    server,
+                    Some(b"h2"),
+                    &host,
+                    REASON,
+                    SandboxTag::detached(crate::sandbox::SandboxId(1)),
+                    TIMEOUTS,
+                )
+                .await
             });
             let (mut sender, connection) =
                 hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
@@ -240,7 +260,7 @@ mod tests {
             Some(b"h2"),
             &host(),
             REASON,
-            SandboxId(1),
+            SandboxTag::detached(crate::sandbox::SandboxId(1)),
             timeouts,
         ))
         .await

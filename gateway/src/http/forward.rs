@@ -36,7 +36,7 @@ use super::{
 };
 use crate::{
     relay::{RelayStats, Timeouts, relay},
-    sandbox::SandboxId,
+    sandbox::SandboxTag,
 };
 
 /// The caller's checks on each request: which host it is for, and whether it may go upstream.
@@ -50,7 +50,7 @@ pub(crate) trait Admit: Send + Sync + 'static {
 #[derive(Debug)]
 pub(crate) struct Client {
     /// Whose connection it is.
-    pub(crate) sandbox: SandboxId,
+    pub(crate) sandbox: SandboxTag,
     /// Its HTTP, which is also the upstream's.
     pub(crate) protocol: Protocol,
     /// Its counters and clocks.
@@ -168,7 +168,7 @@ fn http1_server() -> http1::Builder {
 pub(crate) fn requested_target(
     request: &Request<Incoming>,
     exchange: &mut Exchange,
-    sandbox: SandboxId,
+    sandbox: &SandboxTag,
 ) -> Result<Target, Page> {
     if request.method() == Method::CONNECT {
         return Err(Page::connect_refused());
@@ -189,8 +189,11 @@ impl Forwarder {
     /// Answers one request: a page of the gateway's own, or the upstream's response.
     async fn answer(&self, request: Request<Incoming>) -> Response<ResponseBody> {
         let client = &self.client;
-        let mut exchange =
-            Exchange::begin(client.sandbox, request.method(), Arc::clone(&client.meter));
+        let mut exchange = Exchange::begin(
+            client.sandbox.clone(),
+            request.method(),
+            Arc::clone(&client.meter),
+        );
         match self.admit.admit(&request, &mut exchange) {
             Ok(target) => self.forward(request, &target, exchange).await,
             Err(page) => exchange.page(page),

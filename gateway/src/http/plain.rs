@@ -23,7 +23,7 @@ use super::{
 use crate::{
     net::{OrigDst, dial},
     relay::{RelayStats, Timeouts},
-    sandbox::SandboxId,
+    sandbox::SandboxTag,
     tls::intercept::Rewind,
 };
 
@@ -44,7 +44,7 @@ pub async fn proxy<S>(
     dst: OrigDst,
     judge: Arc<dyn HostJudge>,
     filter: Option<Arc<dyn Filter>>,
-    sandbox: SandboxId,
+    sandbox: SandboxTag,
     timeouts: Timeouts,
 ) -> Result<RelayStats, HttpError>
 where
@@ -61,7 +61,7 @@ where
         timeouts.connect,
     );
     let client_conn = Client {
-        sandbox,
+        sandbox: sandbox.clone(),
         protocol: Protocol::Http1,
         meter,
         timeouts,
@@ -74,12 +74,12 @@ where
 /// Requests pass when the name rules allow their host.
 struct Judged {
     judge: Arc<dyn HostJudge>,
-    sandbox: SandboxId,
+    sandbox: SandboxTag,
 }
 
 impl Admit for Judged {
     fn admit(&self, request: &Request<Incoming>, exchange: &mut Exchange) -> Result<Target, Page> {
-        let target = requested_target(request, exchange, self.sandbox)?;
+        let target = requested_target(request, exchange, &self.sandbox)?;
         match self.judge.judge(&target.name) {
             Verdict::Allow => Ok(target),
             Verdict::Deny { reason } => {

@@ -236,7 +236,7 @@ fn start(
     };
     let serving = tokio::spawn(async move {
         let sni = HostName::parse(SNI).unwrap();
-        let sandbox = SandboxId(9);
+        let sandbox = SandboxTag::detached(crate::sandbox::SandboxId(9));
         serve(
             gateway_side,
             Some(alpn),

@@ -159,7 +159,16 @@ async fn filtered_gateway(
         let mut prefix = vec![0u8; prefix_len];
         client.read_exact(&mut prefix).await.unwrap();
         let dst = OrigDst(dst);
-        proxy(client, prefix, dst, judge, filter, SandboxId(7), timeouts).await
+        proxy(
+            client,
+            prefix,
+            dst,
+            judge,
+            filter,
+            SandboxTag::detached(crate::sandbox::SandboxId(7)),
+            timeouts,
+        )
+        .await
     });
     (addr, task)
 }
