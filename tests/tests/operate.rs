@@ -576,7 +576,8 @@ fn ask_as_nobody(socket: &Path) -> String {
          s = socket.socket(socket.AF_UNIX)\n\
          try:\n    s.connect({socket:?})\n\
          except OSError as e:\n    print('connect:', e.strerror); raise SystemExit\n\
-         s.sendall(b'{{\"command\": \"sandbox_ls\"}}\\n')\n\
+         try:\n    s.sendall(b'{{\"command\": \"sandbox_ls\"}}\\n')\n\
+         except BrokenPipeError:\n    pass  # a refusal may come before the request is read\n\
          print(s.makefile().readline())\n",
         socket = socket.display().to_string()
     );
