@@ -162,7 +162,11 @@ fn header<'a>(request: &'a Value, name: &str) -> Option<&'a str> {
 fn a_bearer_placeholder_reaches_its_host_as_the_value_and_the_echo_is_scrubbed() {
     let mut env = Env::new("info");
     let mut request = env.curl("api.openai.test", "/headers?bearer");
-    request.args(["--compressed", "-H", &format!("Authorization: Bearer {OPENAI}")]);
+    request.args([
+        "--compressed",
+        "-H",
+        &format!("Authorization: Bearer {OPENAI}"),
+    ]);
     let (body, status) = env.fetch(&mut request);
     assert_eq!(status, 200, "{body}");
     let received = env.received_for("/headers?bearer");
