@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod conn;
+pub mod dns;
 pub mod ebpf;
 pub mod engine;
 pub mod exec;

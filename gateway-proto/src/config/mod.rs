@@ -2,6 +2,7 @@
 //! beside it; values with rules are validated newtypes ([`values`]); checks across fields are in
 //! [`Config::validate`]. Errors name the file, the key path, the reason and the line.
 
+mod dns;
 mod error;
 mod policy;
 mod secrets;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use self::{
+    dns::{BindingTtl, DeniedAnswer, DnsCacheSize, DnsConfig, Upstream},
     error::{ConfigError, Position},
     policy::{NameDenial, NameRules, PolicyConfig, PolicyError, PolicyOverrides},
     secrets::{
@@ -36,6 +38,8 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `[[secrets]]`: credentials substituted for placeholders on the wire.
     pub secrets: Vec<SecretConfig>,
+    /// `[dns]`: the DNS service sandboxes' queries go to.
+    pub dns: DnsConfig,
 }
 
 /// The `[tls]` section.
@@ -173,6 +177,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Invalid> {
         self.tls.validate()?;
         self.policy.validate()?;
+        self.dns.validate()?;
         secrets::validate(&self.secrets)
     }
 }
