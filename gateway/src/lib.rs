@@ -8,6 +8,7 @@ pub mod admin;
 pub mod cli;
 pub mod conn;
 pub mod control;
+pub mod dns;
 pub mod ebpf;
 pub mod engine;
 pub mod exec;

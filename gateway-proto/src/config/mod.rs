@@ -2,6 +2,7 @@
 //! beside it; values with rules are validated newtypes ([`values`]); checks across fields are in
 //! [`Config::validate`]. Errors name the file, the key path, the reason and the line.
 
+mod dns;
 mod error;
 mod policy;
 mod sandbox;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use self::{
+    dns::{BindingTtl, DeniedAnswer, DnsCacheSize, DnsConfig, Upstream},
     error::{ConfigError, Position},
     policy::{NameDenial, NameRules, PolicyConfig, PolicyError, PolicyOverrides},
     sandbox::SandboxTable,
@@ -40,6 +42,8 @@ pub struct Config {
     pub secrets: Vec<SecretConfig>,
     /// `[[sandbox]]`: sandboxes `gateway run` serves from the start.
     pub sandbox: Vec<SandboxTable>,
+    /// `[dns]`: the DNS service sandboxes' queries go to.
+    pub dns: DnsConfig,
 }
 
 /// The `[tls]` section.
@@ -177,6 +181,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Invalid> {
         self.tls.validate()?;
         self.policy.validate()?;
+        self.dns.validate()?;
         secrets::validate(&self.secrets)?;
         self.validate_sandboxes()
     }

@@ -500,3 +500,84 @@ fn sandbox_tables_become_specs_and_need_known_secrets() {
          (line 3, column 12)"
     );
 }
+
+#[test]
+fn dns_defaults_are_the_documented_ones() {
+    let dns = DnsConfig::default();
+    assert!(dns.upstream.is_empty());
+    assert_eq!(dns.hosts_file, FilePath::from("/etc/hosts"));
+    assert_eq!(dns.denied_answer, DeniedAnswer::Nxdomain);
+    assert_eq!(dns.binding_ttl_min.get(), Duration::from_secs(60));
+    assert_eq!(dns.binding_ttl_max.get(), Duration::from_secs(3600));
+    assert_eq!(dns.cache_size.get().get(), 4096);
+}
+
+#[test]
+fn dns_section_parses() {
+    let text = r#"
+[dns]
+upstream = ["192.0.2.53", "[2001:db8::53]:5353"]
+hosts_file = "/tmp/hosts"
+denied_answer = "refused"
+binding_ttl_min = "5s"
+binding_ttl_max = "5s"
+cache_size = 10
+"#;
+    let dns = parse(text).unwrap().dns;
+    let addrs: Vec<String> = dns.upstream.iter().map(ToString::to_string).collect();
+    assert_eq!(addrs, ["192.0.2.53:53", "[2001:db8::53]:5353"]);
+    assert_eq!(dns.hosts_file, FilePath::from("/tmp/hosts"));
+    assert_eq!(dns.denied_answer, DeniedAnswer::Refused);
+    assert_eq!(dns.binding_ttl_min.get(), Duration::from_secs(5));
+    assert_eq!(dns.binding_ttl_max.get(), Duration::from_secs(5));
+    assert_eq!(dns.cache_size.get().get(), 10);
+}
+
+#[test]
+fn dns_errors_name_the_key_and_line() {
+    let cases = [
+        (
+            "[dns]\nupstream = [\"192.0.2.1\", \"dns.example\"]\n",
+            "dns.upstream[1]: invalid resolver \"dns.example\": write an IP address, optionally with a port (192.0.2.53, 192.0.2.53:5353, 2001:db8::53, [2001:db8::53]:5353) (line 2, column 26)",
+        ),
+        (
+            "[dns]\nupstream = [\"192.0.2.1:0\"]\n",
+            "dns.upstream[0]: invalid resolver \"192.0.2.1:0\": port 0 is not a port (line 2, column 13)",
+        ),
+        (
+            "[dns]\ndenied_answer = \"drop\"\n",
+            "dns.denied_answer: unknown variant `drop`, expected `nxdomain` or `refused` (line 2, column 17)",
+        ),
+        (
+            "[dns]\nbinding_ttl_min = \"0s\"\n",
+            "dns.binding_ttl_min: must be from 1s to 7days (got 0s) (line 2, column 19)",
+        ),
+        (
+            "[dns]\nbinding_ttl_max = \"10\"\n",
+            "dns.binding_ttl_max: `10` is not a duration such as 500ms, 10s or 5m: time unit needed, for example 10sec or 10ms (line 2, column 19)",
+        ),
+        (
+            "[dns]\nbinding_ttl_min = \"2h\"\n",
+            "dns.binding_ttl_min: must not be longer than dns.binding_ttl_max (2h > 1h) (line 2, column 19)",
+        ),
+        (
+            "[dns]\ncache_size = 0\n",
+            "dns.cache_size: must be from 1 to 1000000 entries (got 0) (line 2, column 14)",
+        ),
+        (
+            "[dns]\nhosts_file = \"\"\n",
+            "dns.hosts_file: must not be an empty path (line 2, column 14)",
+        ),
+        (
+            "[dns]\nupstreams = []\n",
+            "dns.upstreams: unknown field `upstreams`",
+        ),
+    ];
+    for (text, expected) in cases {
+        let error = error_text(text);
+        assert!(
+            error.starts_with(&format!("{FILE}: {expected}")),
+            "{text:?}\n{error}"
+        );
+    }
+}
