@@ -818,92 +818,65 @@ fn metrics_count_what_was_sent_and_no_sandbox_reaches_the_endpoint() {
         sample(&text, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{text}"))
     };
     let conns = "gateway_connections_total";
-    assert_eq!(
-        get(
+    let bytes = "gateway_bytes_total";
+    let refusals = "gateway_refusals_total";
+    let expected: [(&str, &[(&str, &str)], u64); 15] = [
+        (
             conns,
-            &[("sandbox", "m"), ("mode", "intercept"), ("outcome", "ok")]
+            &[("sandbox", "m"), ("mode", "intercept"), ("outcome", "ok")],
+            3,
         ),
-        3
-    );
-    assert_eq!(
-        get(
+        (
             conns,
             &[
                 ("sandbox", "m"),
                 ("mode", "intercept"),
-                ("outcome", "error")
-            ]
+                ("outcome", "error"),
+            ],
+            1,
         ),
-        1
-    );
-    assert_eq!(
-        get(
+        (
             conns,
-            &[("sandbox", "b"), ("mode", "bypass"), ("outcome", "ok")]
+            &[("sandbox", "b"), ("mode", "bypass"), ("outcome", "ok")],
+            2,
         ),
-        2
-    );
-    assert_eq!(
-        get(
-            "gateway_bytes_total",
-            &[("sandbox", "m"), ("direction", "up")]
+        (
+            conns,
+            &[("sandbox", "h"), ("mode", "http"), ("outcome", "ok")],
+            1,
         ),
-        up
-    );
-    assert_eq!(
-        get(
-            "gateway_bytes_total",
-            &[("sandbox", "m"), ("direction", "down")]
+        (bytes, &[("sandbox", "m"), ("direction", "up")], up),
+        (bytes, &[("sandbox", "m"), ("direction", "down")], down),
+        ("gateway_connections_open", &[("sandbox", "m")], 0),
+        (
+            "gateway_http_requests_total",
+            &[("sandbox", "h"), ("code_class", "2xx")],
+            1,
         ),
-        down
-    );
-    let bypass_down = get(
-        "gateway_bytes_total",
-        &[("sandbox", "b"), ("direction", "down")],
-    );
+        (
+            "gateway_handshake_failures_total",
+            &[("reason", "upstream_verify")],
+            1,
+        ),
+        ("gateway_cert_cache_total", &[("result", "miss")], 1),
+        ("gateway_cert_cache_total", &[("result", "hit")], 2),
+        ("gateway_certs_generated_total", &[], 1),
+        (
+            "gateway_ebpf_events_total",
+            &[("event", "redirected_v4")],
+            7,
+        ),
+        (refusals, &[("sandbox", "m"), ("reason", "tcp_port")], 1),
+        (refusals, &[("sandbox", "b"), ("reason", "tcp_port")], 0),
+    ];
+    for (name, labels, value) in expected {
+        assert_eq!(get(name, labels), value, "{name} {labels:?}");
+    }
+    let bypass_down = get(bytes, &[("sandbox", "b"), ("direction", "down")]);
     assert!(
         (7000..7000 + 2 * 16384).contains(&bypass_down),
         "{bypass_down}"
     );
-    assert_eq!(get("gateway_connections_open", &[("sandbox", "m")]), 0);
-    assert_eq!(
-        get(
-            conns,
-            &[("sandbox", "h"), ("mode", "http"), ("outcome", "ok")]
-        ),
-        1
-    );
-    let requests = "gateway_http_requests_total";
-    assert_eq!(get(requests, &[("sandbox", "h"), ("code_class", "2xx")]), 1);
-    assert_eq!(
-        get(
-            "gateway_handshake_failures_total",
-            &[("reason", "upstream_verify")]
-        ),
-        1
-    );
-    assert_eq!(get("gateway_cert_cache_total", &[("result", "miss")]), 1);
-    assert_eq!(get("gateway_cert_cache_total", &[("result", "hit")]), 2);
-    assert_eq!(get("gateway_certs_generated_total", &[]), 1);
-    assert_eq!(
-        get("gateway_ebpf_events_total", &[("event", "redirected_v4")]),
-        7
-    );
-    assert_eq!(
-        get(
-            "gateway_refusals_total",
-            &[("sandbox", "m"), ("reason", "tcp_port")]
-        ),
-        1
-    );
-    assert_eq!(
-        get(
-            "gateway_refusals_total",
-            &[("sandbox", "b"), ("reason", "tcp_port")]
-        ),
-        0
-    );
-
     // A sandbox whose policy would reach the endpoint is refused, and so is a reload that
     // would open it to the ones served.
     let other = SandboxCgroup::new().unwrap();
