@@ -659,6 +659,9 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Label pairs of a sample.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
 /// The value of the sample `name{labels...}` in OpenMetrics text, when present.
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
     text.lines().find_map(|line| {
@@ -820,7 +823,7 @@ fn metrics_count_what_was_sent_and_no_sandbox_reaches_the_endpoint() {
     let conns = "gateway_connections_total";
     let bytes = "gateway_bytes_total";
     let refusals = "gateway_refusals_total";
-    let expected: [(&str, &[(&str, &str)], u64); 15] = [
+    let expected: [(&str, Labels, u64); 15] = [
         (
             conns,
             &[("sandbox", "m"), ("mode", "intercept"), ("outcome", "ok")],
