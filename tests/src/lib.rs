@@ -1,10 +1,11 @@
 //! Harness for the privileged integration tests, the bench and the soak: guards for network
-//! namespaces, sandbox cgroups, upstream servers and gateway daemons that clean up on drop and
-//! report on stderr what they could not clean up, plus helpers to run real clients inside a
-//! sandbox. Setup failures are errors (tests fail loudly), never skips.
+//! namespaces, sandbox cgroups, upstream servers, a test DNS server and gateway daemons that
+//! clean up on drop and report on stderr what they could not clean up, plus helpers to run real
+//! clients inside a sandbox. Setup failures are errors (tests fail loudly), never skips.
 
 pub mod bench;
 pub mod daemon;
+pub mod dns;
 pub mod net;
 pub mod nginx;
 pub mod pki;
