@@ -90,7 +90,7 @@ fn queries_are_answered_by_the_gateway_as_if_by_the_server_asked() {
     .unwrap();
     let cgroup = SandboxCgroup::new().unwrap();
     let metrics_port = free_port();
-    let daemon = Daemon::builder()
+    let mut daemon = Daemon::builder()
         .sandbox(format!(
             "{},deny-host=denied.dns.test",
             cgroup.path().display()
@@ -209,6 +209,16 @@ fn queries_are_answered_by_the_gateway_as_if_by_the_server_asked() {
         Some(refused),
         "{scrape}"
     );
+
+    // Stopped, the daemon leaves DNS failing (closed); restarted, it adopts the sandbox with
+    // the same DNS port (connected sockets point at it) and answers again.
+    assert!(daemon.stop().unwrap().success());
+    let result = dns_query(&cgroup, &["tcp", &v4, "up.dns.test", "A"]).unwrap();
+    assert_eq!(result["errno"], "ECONNREFUSED", "{result}");
+    daemon.restart().unwrap();
+    assert_eq!(only_sandbox(&daemon)["dns_port"], sandbox["dns_port"]);
+    let result = dns_query(&cgroup, &["udp", &v4, "up.dns.test", "A"]).unwrap();
+    assert_answer(&result, &[UP_V4], "after the restart");
 }
 
 /// Curl's output and the last line it wrote with `-w`.
