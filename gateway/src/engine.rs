@@ -705,6 +705,8 @@ impl Engine {
                 warn!(sandbox = %id, name, error = %err, "sandbox detached; its refusal counts are unreadable");
             }
         }
+        // Before the map entries go, so an answer still in flight cannot bind one again.
+        context.dns_bindings.close();
         self.programs.forget(cgroup_id, &rules);
         self.policies
             .lock()

@@ -73,8 +73,16 @@ impl Entry {
 
 /// One sandbox's bindings: address → the names it was given for, until when.
 pub struct SandboxBindings {
-    entries: Mutex<HashMap<IpAddr, Entry>>,
+    entries: Mutex<Table>,
     sink: Arc<dyn BindingSink>,
+}
+
+/// The table behind the lock.
+#[derive(Debug, Default)]
+struct Table {
+    entries: HashMap<IpAddr, Entry>,
+    /// Set once the sandbox is detached: answers still in flight bind nothing more.
+    closed: bool,
 }
 
 impl fmt::Debug for SandboxBindings {
@@ -89,13 +97,22 @@ impl SandboxBindings {
     /// An empty table writing through to `sink`.
     pub fn new(sink: Arc<dyn BindingSink>) -> SandboxBindings {
         SandboxBindings {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Table::default()),
             sink,
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<IpAddr, Entry>> {
+    fn lock(&self) -> MutexGuard<'_, Table> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The sandbox is detached: forgets every binding (without telling the sink, whose entries
+    /// the caller removes as a whole) and ignores any binding from now on, so an answer still
+    /// in flight cannot leave one behind.
+    pub fn close(&self) {
+        let mut table = self.lock();
+        table.closed = true;
+        table.entries.clear();
     }
 
     /// `addr` was given as an address of `name`, valid for `ttl`; `bypass` when `name` is a TLS
@@ -108,11 +125,15 @@ impl SandboxBindings {
         // IPv4-mapped answers are the IPv4 address, as the kernel's keys have it.
         let addr = addr.to_canonical();
         let expires = now + ttl;
-        let mut entries = self.lock();
+        let mut table = self.lock();
+        if table.closed {
+            return;
+        }
+        let entries = &mut table.entries;
         if !entries.contains_key(&addr) && entries.len() >= MAX_ADDRS {
-            self.expire_locked(&mut entries, now);
+            self.expire_locked(entries, now);
             if entries.len() >= MAX_ADDRS
-                && let Some(soonest) = soonest_to_expire(&entries)
+                && let Some(soonest) = soonest_to_expire(entries)
             {
                 entries.remove(&soonest);
                 self.sink.remove(soonest);
@@ -154,6 +175,7 @@ impl SandboxBindings {
 
     fn names_at(&self, addr: IpAddr, now: Instant) -> Vec<HostName> {
         self.lock()
+            .entries
             .get(&addr.to_canonical())
             .map(|entry| {
                 entry
@@ -169,7 +191,7 @@ impl SandboxBindings {
     /// Forgets expired names; an address left without one is removed (from the sink too), one
     /// whose last non-bypass name expired becomes bypass only. Returns the addresses removed.
     pub fn expire(&self) -> usize {
-        self.expire_locked(&mut self.lock(), Instant::now())
+        self.expire_locked(&mut self.lock().entries, Instant::now())
     }
 
     fn expire_locked(&self, entries: &mut HashMap<IpAddr, Entry>, now: Instant) -> usize {
@@ -193,8 +215,8 @@ impl SandboxBindings {
     /// address again.
     pub fn rejudge(&self, is_bypass: impl Fn(&HostName) -> bool) {
         let now = Instant::now();
-        let mut entries = self.lock();
-        for (addr, entry) in entries.iter_mut() {
+        let mut table = self.lock();
+        for (addr, entry) in table.entries.iter_mut() {
             entry.names.retain(|bound| bound.expires > now);
             for bound in &mut entry.names {
                 bound.bypass = is_bypass(&bound.name);
@@ -211,7 +233,7 @@ impl SandboxBindings {
 
     /// Addresses in the table (some may have expired since the last [`SandboxBindings::expire`]).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().entries.len()
     }
 
     /// Whether the table is empty.
@@ -300,8 +322,14 @@ mod tests {
         assert_eq!(sorted(table.names_at(addr, now + secs(20))), ["b.test"]);
         assert!(table.names_at(ip("192.0.2.8"), now).is_empty());
 
-        assert_eq!(table.expire_locked(&mut table.lock(), now + secs(20)), 0);
-        assert_eq!(table.expire_locked(&mut table.lock(), now + secs(30)), 1);
+        assert_eq!(
+            table.expire_locked(&mut table.lock().entries, now + secs(20)),
+            0
+        );
+        assert_eq!(
+            table.expire_locked(&mut table.lock().entries, now + secs(30)),
+            1
+        );
         assert!(table.names_at(addr, now).is_empty());
         assert_eq!(sink.len(), 0, "the sink forgets the address too");
     }
@@ -327,7 +355,7 @@ mod tests {
         table.bind_at(addr, &host("other.test"), secs(10), false, now);
         assert_eq!(sink.get("198.51.100.1"), Some((secs(100), false)));
         // Once the ordinary name's binding ends, the address is bypass only again.
-        table.expire_locked(&mut table.lock(), now + secs(10));
+        table.expire_locked(&mut table.lock().entries, now + secs(10));
         assert_eq!(sink.get("198.51.100.1"), Some((secs(90), true)));
         assert_eq!(sorted(table.names_at(addr, now + secs(10))), ["bank.test"]);
     }
@@ -372,6 +400,18 @@ mod tests {
         assert!(table.names_at(first, now).is_empty());
         assert_eq!(sink.len(), MAX_ADDRS);
         assert!(sink.get("192.0.2.99").is_some());
+    }
+
+    #[test]
+    fn a_closed_table_binds_nothing_more() {
+        let (table, sink) = table();
+        let now = Instant::now();
+        table.bind_at(ip("192.0.2.40"), &host("a.test"), secs(100), false, now);
+        table.close();
+        assert!(table.is_empty());
+        table.bind_at(ip("192.0.2.41"), &host("a.test"), secs(100), false, now);
+        assert!(table.is_empty());
+        assert_eq!(sink.len(), 1, "only the binding from before the close");
     }
 
     #[test]

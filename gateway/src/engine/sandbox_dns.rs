@@ -158,3 +158,88 @@ fn log_one(bypass: &Bypass, attached: &Attached, metrics: &Metrics) {
         "connection bypassed at connect"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use gateway_proto::{
+        Pattern,
+        config::{PolicyConfig, TlsConfig},
+    };
+
+    use super::*;
+    use crate::{
+        policy::{SandboxPolicy, TlsPolicy},
+        secrets::{SecretScope, SecretStore},
+    };
+
+    /// Records what would go to the eBPF map: (address, bypass only).
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<(IpAddr, bool)>>);
+
+    impl BindingSink for Recorded {
+        fn write(&self, addr: IpAddr, _valid_for: Duration, bypass_only: bool) {
+            self.0.lock().unwrap().push((addr, bypass_only));
+        }
+
+        fn remove(&self, _addr: IpAddr) {}
+    }
+
+    fn pattern(text: &str) -> Pattern {
+        Pattern::parse(text).unwrap()
+    }
+
+    fn host(text: &str) -> HostName {
+        HostName::parse(text).unwrap()
+    }
+
+    fn state(policy: PolicyConfig) -> Arc<SandboxState> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = TlsConfig {
+            bypass: vec![pattern("*.bank.test")],
+            ..TlsConfig::default()
+        };
+        let tls = Arc::new(TlsPolicy::new(&tls, &provider).unwrap());
+        let secrets = Arc::new(SecretStore::load(&[]).unwrap());
+        Arc::new(SandboxState {
+            policy: Arc::new(SandboxPolicy::new(policy, tls, SecretScope::default())),
+            secrets: Arc::new(secrets.for_sandbox(&[]).unwrap()),
+        })
+    }
+
+    #[test]
+    fn queries_are_judged_by_the_name_rules_and_answers_bound_with_the_bypass_patterns() {
+        let policy = PolicyConfig {
+            deny_hosts: vec![pattern("denied.test")],
+            ..PolicyConfig::default()
+        };
+        let state = state(policy);
+        assert!(!dns_binding(&state.policy));
+        let sink = Arc::new(Recorded::default());
+        let hooks = Hooks {
+            state: Arc::new(RwLock::new(state)),
+            bindings: Arc::new(SandboxBindings::new(sink.clone())),
+        };
+        assert_eq!(
+            hooks.judge(&host("denied.test")),
+            Err("deny_hosts denied.test".to_owned())
+        );
+        assert_eq!(hooks.judge(&host("fine.test")), Ok(()));
+
+        let addr: IpAddr = "192.0.2.1".parse().unwrap();
+        hooks.bind(addr, &host("pay.bank.test"), Duration::from_secs(60));
+        hooks.bind(addr, &host("fine.test"), Duration::from_secs(60));
+        assert_eq!(*sink.0.lock().unwrap(), [(addr, true), (addr, false)]);
+        assert_eq!(hooks.bindings.names(addr).len(), 2);
+    }
+
+    #[test]
+    fn an_allow_list_turns_binding_on() {
+        let state = state(PolicyConfig {
+            allow_hosts: vec![pattern("ok.test")],
+            ..PolicyConfig::default()
+        });
+        assert!(dns_binding(&state.policy));
+    }
+}
