@@ -31,6 +31,16 @@ pub mod map_names {
     pub const REFUSALS: &str = "REFUSALS";
     /// One event per refusal, read by the daemon for its log lines.
     pub const REFUSAL_EVENTS: &str = "REFUSAL_EVENTS";
+    /// Addresses DNS answers gave each sandbox, until when, by sandbox and address.
+    pub const DNS_BINDINGS: &str = "DNS_BINDINGS";
+    /// Where a socket's DNS was going before it was rewritten to the sandbox's DNS service,
+    /// by socket cookie (to give replies back their original source).
+    pub const DNS_REDIRECTS: &str = "DNS_REDIRECTS";
+    /// Connections left alone at connect (bypassed), between connect() and establishment, by
+    /// socket cookie.
+    pub const BYPASSED: &str = "BYPASSED";
+    /// One event per bypassed connection that established, read by the daemon for its log.
+    pub const BYPASS_EVENTS: &str = "BYPASS_EVENTS";
 }
 
 /// Configuration of one sandbox, the value of `SANDBOXES` keyed by the sandbox's cgroup id.
@@ -41,18 +51,32 @@ pub struct SandboxConf {
     pub sandbox_id: u32,
     /// Port of the sandbox's listener on 127.0.0.1 and ::1 (host byte order).
     pub listener_port: u16,
-    /// [`SandboxConf::BLOCK_QUIC`] and future bits.
+    /// [`SandboxConf::BLOCK_QUIC`], [`SandboxConf::DNS_BINDING`].
     pub flags: u16,
+    /// Port of the sandbox's DNS service on 127.0.0.1 and ::1 (host byte order); 0 when it
+    /// has none, and then DNS may go only to the `RESOLVERS`.
+    pub dns_port: u16,
+    /// Always zero.
+    pub _pad: u16,
 }
 
 impl SandboxConf {
     /// UDP to port 443 is refused (so HTTP/3 clients fall back to TCP and are intercepted).
     pub const BLOCK_QUIC: u16 = 1;
+    /// Connects and sends to an address no DNS answer gave the sandbox (and that no
+    /// `allow_cidrs` rule allows) are refused ([`Reason::Unbound`]).
+    pub const DNS_BINDING: u16 = 2;
 
     /// Whether [`SandboxConf::BLOCK_QUIC`] is set.
     #[inline(always)]
     pub const fn blocks_quic(&self) -> bool {
         self.flags & Self::BLOCK_QUIC != 0
+    }
+
+    /// Whether [`SandboxConf::DNS_BINDING`] is set.
+    #[inline(always)]
+    pub const fn binds_dns(&self) -> bool {
+        self.flags & Self::DNS_BINDING != 0
     }
 }
 
@@ -87,10 +111,13 @@ pub struct PortRule {
 }
 
 impl PortRule {
-    /// Rewritten to the sandbox's listener (intercepted TLS and HTTP ports; TCP only).
+    /// Rewritten to the sandbox's listener (plain HTTP ports; TCP only).
     pub const REDIRECT: u32 = 1;
     /// Left alone: the connection goes direct (an allowed port).
     pub const ALLOW: u32 = 2;
+    /// Rewritten to the sandbox's listener like [`PortRule::REDIRECT`], but an intercepted TLS
+    /// port: a connect to an address bound only to bypass names is left alone instead.
+    pub const REDIRECT_TLS: u32 = 3;
 }
 
 /// Data of an `ADDR_RULES` key and key of `RESOLVERS`: sandbox id, then the address. In the
@@ -145,6 +172,9 @@ pub enum Reason {
     Quic = 4,
     /// A raw, ICMP or otherwise not TCP/UDP socket.
     Socket = 5,
+    /// With DNS binding on: an address no DNS answer gave the sandbox (or whose binding
+    /// expired), not allowed by an `allow_cidrs` rule either.
+    Unbound = 6,
 }
 
 impl Reason {
@@ -156,6 +186,7 @@ impl Reason {
             Reason::UdpPort => "udp_port",
             Reason::Quic => "quic",
             Reason::Socket => "socket",
+            Reason::Unbound => "unbound",
         }
     }
 
@@ -167,6 +198,7 @@ impl Reason {
             3 => Reason::UdpPort,
             4 => Reason::Quic,
             5 => Reason::Socket,
+            6 => Reason::Unbound,
             _ => return None,
         })
     }
@@ -186,6 +218,8 @@ pub struct Refusals {
     pub quic: u64,
     /// See [`Reason::Socket`].
     pub socket: u64,
+    /// See [`Reason::Unbound`].
+    pub unbound: u64,
 }
 
 impl Refusals {
@@ -198,6 +232,7 @@ impl Refusals {
             Reason::UdpPort => &mut self.udp_port,
             Reason::Quic => &mut self.quic,
             Reason::Socket => &mut self.socket,
+            Reason::Unbound => &mut self.unbound,
         };
         *slot += 1;
     }
@@ -267,11 +302,14 @@ pub enum Counter {
     MapErrors = 3,
     /// Connects, sends and sockets refused by policy (by reason and sandbox in `REFUSALS`).
     Refused = 4,
+    /// TCP connects to an intercepted TLS port left alone (direct), because every name the
+    /// address was given for is a bypass name.
+    BypassedAtConnect = 5,
 }
 
 impl Counter {
     /// Number of counters (fields of [`Counters`]).
-    pub const LEN: u32 = 5;
+    pub const LEN: u32 = 6;
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::LEN as usize] = [
         Counter::RedirectedV4,
@@ -279,6 +317,7 @@ impl Counter {
         Counter::Established,
         Counter::MapErrors,
         Counter::Refused,
+        Counter::BypassedAtConnect,
     ];
 
     /// The name operators see in logs.
@@ -289,6 +328,7 @@ impl Counter {
             Counter::Established => "established",
             Counter::MapErrors => "map_errors",
             Counter::Refused => "refused",
+            Counter::BypassedAtConnect => "bypassed_at_connect",
         }
     }
 }
@@ -308,6 +348,8 @@ pub struct Counters {
     pub map_errors: u64,
     /// Connects, sends and sockets refused by policy (by reason and sandbox in `REFUSALS`).
     pub refused: u64,
+    /// TCP connects to an intercepted TLS port left alone because of a bypass-only binding.
+    pub bypassed_at_connect: u64,
 }
 
 impl Counters {
@@ -320,6 +362,7 @@ impl Counters {
             Counter::Established => &mut self.established,
             Counter::MapErrors => &mut self.map_errors,
             Counter::Refused => &mut self.refused,
+            Counter::BypassedAtConnect => &mut self.bypassed_at_connect,
         }
     }
 
@@ -331,8 +374,74 @@ impl Counters {
             Counter::Established => self.established,
             Counter::MapErrors => self.map_errors,
             Counter::Refused => self.refused,
+            Counter::BypassedAtConnect => self.bypassed_at_connect,
         }
     }
+}
+
+/// Key of `DNS_BINDINGS`: an address a DNS answer gave a sandbox.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DnsBindingKey {
+    /// The sandbox.
+    pub sandbox_id: u32,
+    /// Address, IPv6 form (IPv4 as IPv4-mapped), network-order bytes.
+    pub addr: [u32; 4],
+}
+
+/// Value of `DNS_BINDINGS`: until when the address is the sandbox's, and how.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsBinding {
+    /// `CLOCK_MONOTONIC` nanoseconds (what `bpf_ktime_get_ns` reads) after which the binding
+    /// no longer counts.
+    pub expires_ns: u64,
+    /// [`DnsBinding::BYPASS_ONLY`].
+    pub flags: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+
+impl DnsBinding {
+    /// Every name the address was given for is a TLS bypass name: a TCP connect to it on an
+    /// intercepted TLS port is left alone (direct) instead of redirected.
+    pub const BYPASS_ONLY: u32 = 1;
+
+    /// Whether [`DnsBinding::BYPASS_ONLY`] is set.
+    #[inline(always)]
+    pub const fn bypass_only(&self) -> bool {
+        self.flags & Self::BYPASS_ONLY != 0
+    }
+}
+
+/// Value of `DNS_REDIRECTS` (keyed by socket cookie): where a socket's DNS was sent before it
+/// was rewritten to the sandbox's DNS service, so replies from the service (and
+/// `getpeername`) show that address again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsRedirect {
+    /// The address the client sent to, IPv6 form, network-order bytes.
+    pub addr: [u32; 4],
+    /// The port the client sent to (53), host byte order.
+    pub port: u16,
+    /// The DNS service's port it was rewritten to, host byte order.
+    pub dns_port: u16,
+}
+
+/// A connection left alone at connect because its address is bound only to bypass names: the
+/// value of `BYPASSED` (keyed by socket cookie) and, once established, an event in
+/// `BYPASS_EVENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BypassEvent {
+    /// The sandbox.
+    pub sandbox_id: u32,
+    /// Destination address, IPv6 form, network-order bytes.
+    pub addr: [u32; 4],
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// Always zero.
+    pub _pad: u16,
 }
 
 /// The IPv4-mapped IPv6 prefix word (`::ffff:0:0/96`, third word) in network-order bytes.
@@ -373,6 +482,14 @@ mod user {
     unsafe impl aya::Pod for super::RefusalEvent {}
     // SAFETY: repr(C), only u64 fields, no padding.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as for SandboxConf.
+    unsafe impl aya::Pod for super::DnsBindingKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsBinding {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DnsRedirect {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::BypassEvent {}
 }
 
 #[cfg(test)]
@@ -382,28 +499,37 @@ mod tests {
     #[test]
     fn layouts_have_no_implicit_padding() {
         use core::mem::size_of;
-        assert_eq!(size_of::<SandboxConf>(), 8);
+        assert_eq!(size_of::<SandboxConf>(), 12);
         assert_eq!(size_of::<OrigDstEntry>(), 24);
         assert_eq!(size_of::<ClientKey>(), 24);
         assert_eq!(size_of::<PortKey>(), 8);
         assert_eq!(size_of::<PortRule>(), 4);
         assert_eq!(size_of::<AddrKey>(), 20);
         assert_eq!(size_of::<AddrRule>(), 8);
-        assert_eq!(size_of::<Refusals>(), 40);
+        assert_eq!(size_of::<Refusals>(), 48);
         assert_eq!(size_of::<RefusalEvent>(), 32);
         assert_eq!(size_of::<Counters>(), 8 * Counter::LEN as usize);
+        assert_eq!(size_of::<DnsBindingKey>(), 20);
+        assert_eq!(size_of::<DnsBinding>(), 16);
+        assert_eq!(size_of::<DnsRedirect>(), 20);
+        assert_eq!(size_of::<BypassEvent>(), 24);
     }
 
     #[test]
-    fn quic_flag() {
+    fn flags() {
         let mut conf = SandboxConf {
             sandbox_id: 1,
             listener_port: 1000,
             flags: 0,
+            dns_port: 0,
+            _pad: 0,
         };
         assert!(!conf.blocks_quic());
         conf.flags |= SandboxConf::BLOCK_QUIC;
         assert!(conf.blocks_quic());
+        assert!(!conf.binds_dns());
+        conf.flags |= SandboxConf::DNS_BINDING;
+        assert!(conf.binds_dns() && conf.blocks_quic());
     }
 
     #[test]
@@ -415,12 +541,17 @@ mod tests {
             Reason::UdpPort,
             Reason::Quic,
             Reason::Socket,
+            Reason::Unbound,
         ] {
             assert_eq!(Reason::from_u8(reason as u8), Some(reason));
             refusals.bump(reason);
         }
         assert_eq!(Reason::from_u8(0), None);
-        assert_eq!(refusals.address + refusals.socket + refusals.quic, 3);
+        assert_eq!(Reason::from_u8(7), None);
+        assert_eq!(
+            refusals.address + refusals.socket + refusals.quic + refusals.unbound,
+            4
+        );
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! The gateway's eBPF programs, attached to every sandbox cgroup.
 //!
-//! `gateway_connect4`/`gateway_connect6` redirect a sandbox's TCP connects to intercepted ports to
-//! its listener and remember the original destination under the socket cookie;
-//! `gateway_sock_ops` moves that record, once the connection is established, to `ORIG_DST`, keyed
-//! by the client address the listener will see as its peer.
+//! `gateway_connect4`/`gateway_connect6` and `gateway_sendmsg4`/`gateway_sendmsg6` judge every
+//! connect and send, rewrite DNS to the sandbox's DNS service and redirect TCP connects to
+//! intercepted ports to its listener, remembering the original destination under the socket
+//! cookie; `gateway_sock_ops` moves that record, once the connection is established, to
+//! `ORIG_DST`, keyed by the client address the listener will see as its peer (and reports
+//! connections bypassed at connect); `gateway_recvmsg4/6` and `gateway_getpeername4/6` show DNS
+//! replies as coming from the address the client sent to; `gateway_sock_create` refuses every
+//! socket but TCP and UDP.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 

@@ -1,23 +1,35 @@
 //! Program entry points and their fallible bodies.
 //!
 //! Every connect (TCP and UDP) and every unconnected UDP send of a sandbox is judged, in this
-//! order: DNS to an allowed resolver passes; a denied destination address (longest prefix wins,
-//! IPv4-mapped judged as IPv4) is refused; an intercepted TCP port is redirected to the
-//! sandbox's listener; an allowed port passes; UDP/443 is refused while QUIC is blocked;
-//! anything else is refused. Sockets other than TCP and UDP are refused at creation. A refusal
-//! is EPERM for the caller, a per-sandbox counter, and an event for the daemon's log.
+//! order: DNS (port 53, any address) is rewritten to the sandbox's DNS service when it has one,
+//! else passes only to an allowed resolver; a denied destination address (longest prefix wins,
+//! IPv4-mapped judged as IPv4) is refused; with DNS binding on, an address that no `allow_cidrs`
+//! rule allows and no unexpired DNS answer gave the sandbox is refused; a TCP connect to an
+//! intercepted TLS port whose address is bound only to bypass names is left alone (direct); an
+//! intercepted TCP port is redirected to the sandbox's listener; an allowed port passes; UDP/443
+//! is refused while QUIC is blocked; anything else is refused. Sockets other than TCP and UDP
+//! are refused at creation. A refusal is EPERM for the caller, a per-sandbox counter, and an
+//! event for the daemon's log.
+//!
+//! DNS rewritten to the service keeps its original destination under the socket cookie, so
+//! that `recvmsg4/6` and `getpeername4/6` show the replies' source (and the peer) as the
+//! address the client sent to: stub resolvers (glibc's among them) drop answers from another
+//! address.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr},
     btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
-    helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
+    helpers::generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns,
+    },
     macros::{btf_map, cgroup_sock, cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use gateway_common::{
-    ADDR_KEY_BITS, AddrKey, AddrRule, ClientKey, Counter, Counters, OrigDstEntry, PortKey,
-    PortRule, Reason, RefusalEvent, Refusals, SandboxConf, is_v4_mapped, protocol, v4_mapped,
+    ADDR_KEY_BITS, AddrKey, AddrRule, BypassEvent, ClientKey, Counter, Counters, DnsBinding,
+    DnsBindingKey, DnsRedirect, OrigDstEntry, PortKey, PortRule, Reason, RefusalEvent, Refusals,
+    SandboxConf, is_v4_mapped, protocol, v4_mapped,
 };
 
 /// Reads a context field with a volatile load of exactly its width. Plain reads let LLVM merge
@@ -29,7 +41,8 @@ macro_rules! ctx_read {
     };
 }
 
-/// cgroup_sock_addr and cgroup_sock verdicts (DENY is EPERM for the caller).
+/// cgroup_sock_addr and cgroup_sock verdicts (DENY is EPERM for the caller). recvmsg and
+/// getpeername programs must always return ALLOW.
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
@@ -77,6 +90,25 @@ static REFUSAL_EVENTS: RingBuf<RefusalEvent, { 256 * 1024 }> = RingBuf::new();
 #[btf_map]
 static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
+/// Addresses DNS answers gave each sandbox, written by the daemon. LRU, so a sandbox asking for
+/// endless names evicts its oldest bindings rather than failing the daemon's writes.
+#[btf_map]
+static DNS_BINDINGS: LruHashMap<DnsBindingKey, DnsBinding, 262144> = LruHashMap::new();
+
+/// Original destinations of DNS rewritten to a sandbox's DNS service, by socket cookie. LRU:
+/// sockets close without telling us.
+#[btf_map]
+static DNS_REDIRECTS: LruHashMap<u64, DnsRedirect, 65536> = LruHashMap::new();
+
+/// Connections bypassed at connect, until established, by socket cookie.
+#[btf_map]
+static BYPASSED: LruHashMap<u64, BypassEvent, 16384> = LruHashMap::new();
+
+/// 64 KiB of bypass events; when the daemon falls behind, later events are dropped (the
+/// counter still counts them).
+#[btf_map]
+static BYPASS_EVENTS: RingBuf<BypassEvent, { 64 * 1024 }> = RingBuf::new();
+
 #[cgroup_sock_addr(connect4)]
 pub fn gateway_connect4(ctx: SockAddrContext) -> i32 {
     match try_connect4(&ctx) {
@@ -101,6 +133,30 @@ pub fn gateway_sendmsg6(ctx: SockAddrContext) -> i32 {
     try_sendmsg(&ctx, Family::V6)
 }
 
+#[cgroup_sock_addr(recvmsg4)]
+pub fn gateway_recvmsg4(ctx: SockAddrContext) -> i32 {
+    restore_dns_source(&ctx, Family::V4);
+    ALLOW
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn gateway_recvmsg6(ctx: SockAddrContext) -> i32 {
+    restore_dns_source(&ctx, Family::V6);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn gateway_getpeername4(ctx: SockAddrContext) -> i32 {
+    restore_dns_source(&ctx, Family::V4);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn gateway_getpeername6(ctx: SockAddrContext) -> i32 {
+    restore_dns_source(&ctx, Family::V6);
+    ALLOW
+}
+
 #[cgroup_sock(sock_create)]
 pub fn gateway_sock_create(ctx: SockContext) -> i32 {
     try_sock_create(&ctx)
@@ -117,7 +173,12 @@ pub fn gateway_sock_ops(ctx: SockOpsContext) -> u32 {
 /// What to do with one connect or send.
 enum Judgement {
     Allow,
+    /// To the sandbox's listener.
     Redirect,
+    /// DNS, to the sandbox's DNS service.
+    Dns,
+    /// Left alone: an intercepted TLS port, but the address is bound only to bypass names.
+    Bypass,
     Deny,
 }
 
@@ -144,6 +205,14 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
     match judge(&conf, &dst) {
         Judgement::Allow => return Ok(ALLOW),
         Judgement::Deny => return Ok(DENY),
+        Judgement::Dns => {
+            to_dns_service(ctx, &dst, &conf, Family::V4);
+            return Ok(ALLOW);
+        }
+        Judgement::Bypass => {
+            bypass(ctx, &dst, &conf);
+            return Ok(ALLOW);
+        }
         Judgement::Redirect => {}
     }
     remember(ctx, dst.addr, dst.port, &conf)?;
@@ -165,6 +234,14 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
     match judge(&conf, &dst) {
         Judgement::Allow => return Ok(ALLOW),
         Judgement::Deny => return Ok(DENY),
+        Judgement::Dns => {
+            to_dns_service(ctx, &dst, &conf, Family::V6);
+            return Ok(ALLOW);
+        }
+        Judgement::Bypass => {
+            bypass(ctx, &dst, &conf);
+            return Ok(ALLOW);
+        }
         Judgement::Redirect => {}
     }
     remember(ctx, dst.addr, dst.port, &conf)?;
@@ -185,7 +262,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
     Ok(ALLOW)
 }
 
-/// An unconnected UDP send: judged like a connect, never redirected.
+/// An unconnected UDP send: judged like a connect; only DNS is rewritten.
 fn try_sendmsg(ctx: &SockAddrContext, family: Family) -> i32 {
     let Some(conf) = sandbox_conf() else {
         return ALLOW;
@@ -193,8 +270,117 @@ fn try_sendmsg(ctx: &SockAddrContext, family: Family) -> i32 {
     let dst = destination(ctx.sock_addr, family);
     match judge(&conf, &dst) {
         Judgement::Allow => ALLOW,
-        // Only TCP ports are redirected; a send is never one.
-        Judgement::Redirect | Judgement::Deny => DENY,
+        Judgement::Dns => {
+            to_dns_service(ctx, &dst, &conf, family);
+            ALLOW
+        }
+        // Only TCP ports are redirected or bypassed; a send is never one.
+        Judgement::Redirect | Judgement::Bypass | Judgement::Deny => DENY,
+    }
+}
+
+/// Rewrites DNS to the sandbox's DNS service on loopback (`127.0.0.1`, `::1`, or
+/// `::ffff:127.0.0.1` for an IPv4-mapped destination, so the socket's family still fits) and
+/// remembers where it was going. A failure to remember is counted but does not refuse the
+/// query: only clients that check the reply's source notice.
+fn to_dns_service(ctx: &SockAddrContext, dst: &Destination, conf: &SandboxConf, family: Family) {
+    // SAFETY: the context pointer is valid for this helper in cgroup_sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let redirect = DnsRedirect {
+        addr: dst.addr,
+        port: dst.port,
+        dns_port: conf.dns_port,
+    };
+    if DNS_REDIRECTS.insert(&cookie, &redirect, 0).is_err() {
+        count(Counter::MapErrors);
+    }
+    let sa = ctx.sock_addr;
+    match family {
+        Family::V4 => set_address4(sa, LOOPBACK4, conf.dns_port),
+        Family::V6 => {
+            let service = if is_v4_mapped(&dst.addr) {
+                v4_mapped(LOOPBACK4)
+            } else {
+                LOOPBACK6
+            };
+            set_address6(sa, &service, conf.dns_port);
+        }
+    }
+}
+
+/// A connect left alone because its address is bound only to bypass names: counted, and
+/// remembered under the socket cookie so `sock_ops` can report it once it is established.
+fn bypass(ctx: &SockAddrContext, dst: &Destination, conf: &SandboxConf) {
+    count(Counter::BypassedAtConnect);
+    // SAFETY: the context pointer is valid for this helper in cgroup_sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let event = BypassEvent {
+        sandbox_id: conf.sandbox_id,
+        addr: dst.addr,
+        port: dst.port,
+        _pad: 0,
+    };
+    // Only the log line is lost when this fails; the connection is fine either way.
+    if BYPASSED.insert(&cookie, &event, 0).is_err() {
+        count(Counter::MapErrors);
+    }
+}
+
+/// In recvmsg and getpeername: a reply (or peer) that is the sandbox's DNS service on loopback,
+/// on a socket whose DNS was rewritten there, gets the address the client sent to back.
+fn restore_dns_source(ctx: &SockAddrContext, family: Family) {
+    // SAFETY: the context pointer is valid for this helper in cgroup_sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: the value is copied out at once.
+    let Some(redirect) = (unsafe { DNS_REDIRECTS.get(&cookie) }).copied() else {
+        return;
+    };
+    let sa = ctx.sock_addr;
+    let (addr, port) = address(sa, family);
+    if port != redirect.dns_port {
+        return;
+    }
+    match family {
+        Family::V4 => {
+            if addr == v4_mapped(LOOPBACK4) && is_v4_mapped(&redirect.addr) {
+                set_address4(sa, redirect.addr[3], redirect.port);
+            }
+        }
+        Family::V6 => {
+            if addr == LOOPBACK6 || addr == v4_mapped(LOOPBACK4) {
+                set_address6(sa, &redirect.addr, redirect.port);
+            }
+        }
+    }
+}
+
+/// Writes an IPv4 address and port (host order) into a sock_addr context.
+///
+/// Not inlined, like the readers below: inlined into code that handles both families, LLVM
+/// merges the IPv4 and IPv6 accesses into one with a computed context offset, which the
+/// verifier rejects.
+#[inline(never)]
+fn set_address4(sa: *mut bpf_sock_addr, ip4: u32, port: u16) {
+    // SAFETY: `sa` is the kernel-provided context; user_ip4 and user_port are writable in the
+    // IPv4 connect, sendmsg, recvmsg and getpeername programs, the only callers.
+    unsafe {
+        (*sa).user_ip4 = ip4;
+        (*sa).user_port = u32::from(port.to_be());
+    }
+}
+
+/// Writes an IPv6 address and port (host order) into a sock_addr context, a word at a time.
+#[inline(never)]
+fn set_address6(sa: *mut bpf_sock_addr, ip6: &[u32; 4], port: u16) {
+    // SAFETY: `sa` is the kernel-provided context; user_ip6 (one word at a time) and user_port
+    // are writable in the IPv6 connect, sendmsg, recvmsg and getpeername programs, the only
+    // callers.
+    unsafe {
+        (*sa).user_ip6[0] = ip6[0];
+        (*sa).user_ip6[1] = ip6[1];
+        (*sa).user_ip6[2] = ip6[2];
+        (*sa).user_ip6[3] = ip6[3];
+        (*sa).user_port = u32::from(port.to_be());
     }
 }
 
@@ -224,25 +410,48 @@ fn try_sock_create(ctx: &SockContext) -> i32 {
 
 /// The destination of a sock_addr context, IPv4 as IPv4-mapped.
 fn destination(sa: *mut bpf_sock_addr, family: Family) -> Destination {
-    // SAFETY: `sa` is the kernel-provided context, valid for the program's run; each word is
-    // read on its own because the verifier rejects wider loads of user_ip6.
+    let (addr, port) = address(sa, family);
+    // SAFETY: `sa` is the kernel-provided context, valid for the program's run.
+    let (protocol, sock_type) = unsafe { (ctx_read!(sa, protocol), ctx_read!(sa, type_)) };
+    Destination {
+        addr,
+        port,
+        protocol,
+        sock_type,
+    }
+}
+
+/// The address and port of a sock_addr context (the destination of a connect or send, the
+/// source of a received datagram, the peer for getpeername), IPv4 as IPv4-mapped.
+fn address(sa: *mut bpf_sock_addr, family: Family) -> ([u32; 4], u16) {
+    let addr = match family {
+        Family::V4 => v4_mapped(user_ip4(sa)),
+        Family::V6 => user_ip6(sa),
+    };
+    // SAFETY: `sa` is the kernel-provided context, valid for the program's run.
+    let port = unsafe { ctx_read!(sa, user_port) };
+    // user_port holds the port in network byte order in its low 16 bits.
+    (addr, u16::from_be(port as u16))
+}
+
+/// The context's IPv4 address (not inlined: see [`set_address4`]).
+#[inline(never)]
+fn user_ip4(sa: *mut bpf_sock_addr) -> u32 {
+    // SAFETY: `sa` is the kernel-provided context, valid for the program's run.
+    unsafe { ctx_read!(sa, user_ip4) }
+}
+
+/// The context's IPv6 address, a word at a time (the verifier rejects wider loads).
+#[inline(never)]
+fn user_ip6(sa: *mut bpf_sock_addr) -> [u32; 4] {
+    // SAFETY: `sa` is the kernel-provided context, valid for the program's run.
     unsafe {
-        let addr = match family {
-            Family::V4 => v4_mapped(ctx_read!(sa, user_ip4)),
-            Family::V6 => [
-                ctx_read!(sa, user_ip6[0]),
-                ctx_read!(sa, user_ip6[1]),
-                ctx_read!(sa, user_ip6[2]),
-                ctx_read!(sa, user_ip6[3]),
-            ],
-        };
-        Destination {
-            addr,
-            // user_port holds the port in network byte order in its low 16 bits.
-            port: u16::from_be(ctx_read!(sa, user_port) as u16),
-            protocol: ctx_read!(sa, protocol),
-            sock_type: ctx_read!(sa, type_),
-        }
+        [
+            ctx_read!(sa, user_ip6[0]),
+            ctx_read!(sa, user_ip6[1]),
+            ctx_read!(sa, user_ip6[2]),
+            ctx_read!(sa, user_ip6[3]),
+        ]
     }
 }
 
@@ -260,16 +469,24 @@ fn judge(conf: &SandboxConf, dst: &Destination) -> Judgement {
         sandbox_id: conf.sandbox_id,
         addr: dst.addr,
     };
-    if dst.port == DNS_PORT && RESOLVERS.get_ptr(addr_key).is_some() {
-        return Judgement::Allow;
+    if dst.port == DNS_PORT {
+        // Whatever the address: a sandbox's DNS goes to its own service.
+        if conf.dns_port != 0 {
+            return Judgement::Dns;
+        }
+        if RESOLVERS.get_ptr(addr_key).is_some() {
+            return Judgement::Allow;
+        }
     }
     // The BTF trie's lookup is safe: the value is copied out at once.
-    if let Some(rule) = ADDR_RULES.get(&Key::new(ADDR_KEY_BITS, addr_key)).copied()
+    let rule = ADDR_RULES.get(&Key::new(ADDR_KEY_BITS, addr_key)).copied();
+    if let Some(rule) = rule
         && rule.action == AddrRule::DENY
     {
         refuse(conf, dst, Reason::Address, rule.rule_id);
         return Judgement::Deny;
     }
+    let allowed_address = rule.is_some_and(|rule| rule.action == AddrRule::ALLOW);
     let port_key = PortKey {
         sandbox_id: conf.sandbox_id,
         port: dst.port,
@@ -277,7 +494,25 @@ fn judge(conf: &SandboxConf, dst: &Destination) -> Judgement {
         _pad: 0,
     };
     // SAFETY: the value is copied out at once.
-    match unsafe { PORT_RULES.get_ptr(port_key).map(|rule| (*rule).action) } {
+    let port_rule = unsafe { PORT_RULES.get_ptr(port_key).map(|rule| (*rule).action) };
+    let tls_port = protocol == protocol::TCP && port_rule == Some(PortRule::REDIRECT_TLS);
+    // The binding is looked up only when something depends on it.
+    let binding = if tls_port || (conf.binds_dns() && !allowed_address) {
+        binding(conf, dst)
+    } else {
+        None
+    };
+    if conf.binds_dns() && !allowed_address && binding.is_none() {
+        refuse(conf, dst, Reason::Unbound, 0);
+        return Judgement::Deny;
+    }
+    if tls_port {
+        if binding.is_some_and(|binding| binding.bypass_only()) {
+            return Judgement::Bypass;
+        }
+        return Judgement::Redirect;
+    }
+    match port_rule {
         Some(PortRule::REDIRECT) if protocol == protocol::TCP => return Judgement::Redirect,
         Some(PortRule::ALLOW) => return Judgement::Allow,
         _ => {}
@@ -291,6 +526,19 @@ fn judge(conf: &SandboxConf, dst: &Destination) -> Judgement {
     };
     refuse(conf, dst, reason, 0);
     Judgement::Deny
+}
+
+/// The sandbox's unexpired binding of the destination address, if a DNS answer gave it one.
+fn binding(conf: &SandboxConf, dst: &Destination) -> Option<DnsBinding> {
+    let key = DnsBindingKey {
+        sandbox_id: conf.sandbox_id,
+        addr: dst.addr,
+    };
+    // SAFETY: the value is copied out at once.
+    let binding = unsafe { DNS_BINDINGS.get(&key) }.copied()?;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    (binding.expires_ns > now).then_some(binding)
 }
 
 /// Counts a refusal (globally and for the sandbox) and reports it to the daemon.
@@ -367,6 +615,7 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i32> {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: the value is copied out before the entry is removed.
     let Some(entry) = (unsafe { PENDING.get(&cookie) }).copied() else {
+        report_bypass(cookie);
         return Ok(());
     };
     // Missing is fine: the LRU may have evicted it meanwhile.
@@ -389,6 +638,18 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i32> {
     ORIG_DST.insert(&key, &entry, 0)?;
     count(Counter::Established);
     Ok(())
+}
+
+/// Reports a connection bypassed at connect, now established, to the daemon.
+fn report_bypass(cookie: u64) {
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(event) = (unsafe { BYPASSED.get(&cookie) }).copied() else {
+        return;
+    };
+    // Missing is fine: the LRU may have evicted it meanwhile.
+    let _ = BYPASSED.remove(&cookie);
+    // A full buffer drops the event; the counter already has it.
+    let _ = BYPASS_EVENTS.output(event, 0);
 }
 
 /// The socket's local IPv4 address.

@@ -140,7 +140,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> String {
 /// One sandbox on one line.
 fn line(sandbox: &SandboxStatus) -> String {
     format!(
-        "{name}  id={id} cgroup={cgroup} netns={netns} listener={port} tls_ports={tls:?} http_ports={http:?} secrets={secrets:?} connections={conns}",
+        "{name}  id={id} cgroup={cgroup} netns={netns} listener={port} dns={dns_port} tls_ports={tls:?} http_ports={http:?} secrets={secrets:?} connections={conns} dns_answered={answered} dns_refused={refused}",
         name = sandbox.name,
         id = sandbox.id,
         cgroup = sandbox.cgroup.display(),
@@ -149,6 +149,9 @@ fn line(sandbox: &SandboxStatus) -> String {
             .as_deref()
             .map_or_else(|| "host".to_owned(), |p| p.display().to_string()),
         port = sandbox.listener_port,
+        dns_port = sandbox.dns_port,
+        answered = sandbox.dns_answered,
+        refused = sandbox.dns_refused,
         tls = sandbox.tls_ports,
         http = sandbox.http_ports,
         secrets = sandbox.secrets,
@@ -192,5 +195,10 @@ fn status_text(status: &Status) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
     let _ = writeln!(text, "counters: {}", counters.join(" "));
+    let _ = writeln!(
+        text,
+        "dns queries: answered={} refused={} failed={}",
+        status.dns_answered, status.dns_refused, status.dns_failed
+    );
     text
 }

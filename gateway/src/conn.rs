@@ -72,6 +72,8 @@ pub struct SandboxContext {
     pub metrics: Arc<Metrics>,
     /// Its name as the metrics label.
     pub label: Arc<str>,
+    /// The names its DNS answers gave each address for (what an address may claim to be).
+    pub dns_bindings: Arc<crate::dns::SandboxBindings>,
 }
 
 impl SandboxContext {

@@ -66,6 +66,18 @@ pub struct SandboxStatus {
     pub netns: Option<PathBuf>,
     /// Its listener's port.
     pub listener_port: u16,
+    /// Its DNS service's port (0 from a daemon without one).
+    #[serde(default)]
+    pub dns_port: u16,
+    /// DNS queries it asked that were answered.
+    #[serde(default)]
+    pub dns_answered: u64,
+    /// DNS queries it asked for names its policy denies.
+    #[serde(default)]
+    pub dns_refused: u64,
+    /// DNS queries it asked that failed (SERVFAIL and the like).
+    #[serde(default)]
+    pub dns_failed: u64,
     /// Intercepted TLS ports.
     pub tls_ports: Vec<u16>,
     /// Plain HTTP ports.
@@ -95,6 +107,15 @@ pub struct Status {
     pub certs_generated: u64,
     /// eBPF and daemon counters.
     pub counters: Vec<(String, u64)>,
+    /// DNS queries of the sandboxes served now that were answered.
+    #[serde(default)]
+    pub dns_answered: u64,
+    /// DNS queries of the sandboxes served now for names their policy denies.
+    #[serde(default)]
+    pub dns_refused: u64,
+    /// DNS queries of the sandboxes served now that failed.
+    #[serde(default)]
+    pub dns_failed: u64,
     /// The pin directory.
     pub pin_dir: PathBuf,
 }

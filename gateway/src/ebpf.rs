@@ -9,8 +9,10 @@ pub mod rules;
 use std::{
     collections::BTreeMap,
     fmt,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
+    time::Duration,
 };
 
 use aya::{
@@ -25,12 +27,12 @@ use aya::{
     },
 };
 use gateway_common::{
-    AddrKey, AddrRule, ClientKey, Counter, Counters, OrigDstEntry, PortKey, PortRule, Refusals,
-    SandboxConf, map_names,
+    AddrKey, AddrRule, BypassEvent, ClientKey, Counter, Counters, DnsBinding, DnsBindingKey,
+    DnsRedirect, OrigDstEntry, PortKey, PortRule, Refusals, SandboxConf, map_names,
 };
 
 pub use self::{pins::PinDir, rules::SandboxRules};
-use crate::sandbox::cgroup::Cgroup;
+use crate::{net::addr::words_from_ip, sandbox::cgroup::Cgroup};
 
 /// The compiled eBPF object, built from gateway-ebpf by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway"));
@@ -40,15 +42,33 @@ const CONNECT4: &str = "gateway_connect4";
 const CONNECT6: &str = "gateway_connect6";
 const SENDMSG4: &str = "gateway_sendmsg4";
 const SENDMSG6: &str = "gateway_sendmsg6";
+const RECVMSG4: &str = "gateway_recvmsg4";
+const RECVMSG6: &str = "gateway_recvmsg6";
+const GETPEERNAME4: &str = "gateway_getpeername4";
+const GETPEERNAME6: &str = "gateway_getpeername6";
 const SOCK_CREATE: &str = "gateway_sock_create";
 const SOCK_OPS: &str = "gateway_sock_ops";
 
-/// The cgroup_sock_addr programs (connect and send hooks).
-const SOCK_ADDR_PROGRAMS: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+/// The cgroup_sock_addr programs (connect, send, receive and getpeername hooks).
+const SOCK_ADDR_PROGRAMS: [&str; 8] = [
+    CONNECT4,
+    CONNECT6,
+    SENDMSG4,
+    SENDMSG6,
+    RECVMSG4,
+    RECVMSG6,
+    GETPEERNAME4,
+    GETPEERNAME6,
+];
 /// Every program attached to a sandbox cgroup. sock_create first, so that no socket of a
-/// forbidden kind can be made while the others are being attached.
-const ALL_PROGRAMS: [&str; 6] = [
+/// forbidden kind can be made while the others are being attached; the hooks that give DNS
+/// replies their source back before the ones that rewrite DNS, so no reply is seen unrestored.
+const ALL_PROGRAMS: [&str; 10] = [
     SOCK_CREATE,
+    RECVMSG4,
+    RECVMSG6,
+    GETPEERNAME4,
+    GETPEERNAME6,
     CONNECT4,
     CONNECT6,
     SENDMSG4,
@@ -140,6 +160,8 @@ pub struct Programs {
     addr_rules: LpmTrie<MapData, AddrKey, AddrRule>,
     resolvers: HashMap<MapData, AddrKey, u32>,
     refusal_events: Option<RingBuf<MapData>>,
+    bypass_events: Option<RingBuf<MapData>>,
+    dns_bindings: DnsBindingMap,
     orig_dst: OrigDstTable,
     counts: Counts,
     pins: Option<PinDir>,
@@ -191,6 +213,8 @@ impl Programs {
             addr_rules: maps.take(map_names::ADDR_RULES)?,
             resolvers: maps.take(map_names::RESOLVERS)?,
             refusal_events: Some(maps.take(map_names::REFUSAL_EVENTS)?),
+            bypass_events: Some(maps.take(map_names::BYPASS_EVENTS)?),
+            dns_bindings: DnsBindingMap(Arc::new(Mutex::new(maps.take(map_names::DNS_BINDINGS)?))),
             orig_dst: OrigDstTable(Arc::new(Mutex::new(maps.take(map_names::ORIG_DST)?))),
             counts: Counts(Arc::new(Mutex::new(CountMaps {
                 counters: maps.take(map_names::COUNTERS)?,
@@ -291,6 +315,7 @@ impl Programs {
             self.sandboxes.remove(&cgroup_id),
         );
         self.purge(sandbox_id);
+        self.dns_bindings.remove_sandbox(sandbox_id);
         report_removal(
             sandbox_id,
             map_names::REFUSALS,
@@ -400,6 +425,8 @@ impl Programs {
             sandbox_id: rules.sandbox_id,
             listener_port: rules.listener_port,
             flags: rules.flags,
+            dns_port: rules.dns_port,
+            _pad: 0,
         };
         self.sandboxes
             .insert(cgroup_id, conf, 0)
@@ -444,8 +471,8 @@ impl Programs {
     }
 
     /// Removes a sandbox's entries (after its attachment is gone): its config first, so the
-    /// programs stop judging it before its rules go. Entries already gone are fine; other
-    /// failures are logged, since nothing else can be done about them.
+    /// programs stop judging it before its rules go, and its DNS bindings. Entries already gone
+    /// are fine; other failures are logged, since nothing else can be done about them.
     pub fn forget(&mut self, cgroup_id: u64, rules: &SandboxRules) {
         report_removal(
             rules.sandbox_id,
@@ -453,6 +480,7 @@ impl Programs {
             self.sandboxes.remove(&cgroup_id),
         );
         self.remove_rules(rules);
+        self.dns_bindings.remove_sandbox(rules.sandbox_id);
         report_removal(
             rules.sandbox_id,
             map_names::REFUSALS,
@@ -490,6 +518,16 @@ impl Programs {
     /// The ring buffer of refusal events, for the one task that reads it.
     pub fn take_refusal_events(&mut self) -> Option<RingBuf<MapData>> {
         self.refusal_events.take()
+    }
+
+    /// The ring buffer of connections bypassed at connect, for the one task that reads it.
+    pub fn take_bypass_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.bypass_events.take()
+    }
+
+    /// A shareable handle on the `DNS_BINDINGS` map.
+    pub fn dns_bindings(&self) -> DnsBindingMap {
+        self.dns_bindings.clone()
     }
 
     /// A shareable handle on the `ORIG_DST` map.
@@ -568,7 +606,7 @@ struct MapLayout {
 
 /// Every map of the object. A pinned map that does not look like this was made by another
 /// build: using it would corrupt both.
-const MAP_LAYOUTS: [MapLayout; 9] = [
+const MAP_LAYOUTS: [MapLayout; 13] = [
     layout::<u64, SandboxConf>(map_names::SANDBOXES, MapType::Hash),
     layout::<u64, OrigDstEntry>(map_names::PENDING, MapType::LruHash),
     layout::<ClientKey, OrigDstEntry>(map_names::ORIG_DST, MapType::LruHash),
@@ -583,6 +621,15 @@ const MAP_LAYOUTS: [MapLayout; 9] = [
         value_size: 0,
     },
     layout::<u32, Counters>(map_names::COUNTERS, MapType::PerCpuArray),
+    layout::<DnsBindingKey, DnsBinding>(map_names::DNS_BINDINGS, MapType::LruHash),
+    layout::<u64, DnsRedirect>(map_names::DNS_REDIRECTS, MapType::LruHash),
+    layout::<u64, BypassEvent>(map_names::BYPASSED, MapType::LruHash),
+    MapLayout {
+        name: map_names::BYPASS_EVENTS,
+        map_type: MapType::RingBuf,
+        key_size: 0,
+        value_size: 0,
+    },
 ];
 
 /// An LPM trie key: the prefix length, then the data.
@@ -688,6 +735,7 @@ impl Counts {
                 udp_port: sum.udp_port + cpu.udp_port,
                 quic: sum.quic + cpu.quic,
                 socket: sum.socket + cpu.socket,
+                unbound: sum.unbound + cpu.unbound,
             }))
     }
 }
@@ -727,6 +775,126 @@ impl OrigDstTable {
                 source,
             }),
         }
+    }
+}
+
+/// `DNS_BINDINGS`: the addresses DNS answers gave each sandbox, until when. Shared by the
+/// sandboxes' DNS services (which write it as they answer) and the engine (which removes
+/// what expired and what a detached sandbox left); the lock is held for one map operation.
+#[derive(Clone)]
+pub struct DnsBindingMap(Arc<Mutex<HashMap<MapData, DnsBindingKey, DnsBinding>>>);
+
+impl fmt::Debug for DnsBindingMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("DnsBindingMap")
+    }
+}
+
+/// `CLOCK_MONOTONIC` now, in nanoseconds: the clock `bpf_ktime_get_ns` reads.
+fn monotonic_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(now) => {
+            let secs = u64::try_from(now.tv_sec()).unwrap_or(0);
+            let nanos = u64::try_from(now.tv_nsec()).unwrap_or(0);
+            secs.saturating_mul(1_000_000_000).saturating_add(nanos)
+        }
+        // Cannot fail for CLOCK_MONOTONIC; 0 would make every binding look expired (fail
+        // closed) rather than eternal.
+        Err(_) => 0,
+    }
+}
+
+impl DnsBindingMap {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<MapData, DnsBindingKey, DnsBinding>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn key(sandbox_id: u32, ip: IpAddr) -> DnsBindingKey {
+        DnsBindingKey {
+            sandbox_id,
+            addr: words_from_ip(ip),
+        }
+    }
+
+    /// Binds `ip` to sandbox `sandbox_id` for `ttl` from now (replacing what was there);
+    /// `bypass_only` when every name it was given for is a TLS bypass name.
+    ///
+    /// # Errors
+    /// [`EbpfError::Map`] when the map cannot be written.
+    pub fn bind(
+        &self,
+        sandbox_id: u32,
+        ip: IpAddr,
+        ttl: Duration,
+        bypass_only: bool,
+    ) -> Result<(), EbpfError> {
+        let ttl_ns = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX);
+        let binding = DnsBinding {
+            expires_ns: monotonic_ns().saturating_add(ttl_ns),
+            flags: if bypass_only {
+                DnsBinding::BYPASS_ONLY
+            } else {
+                0
+            },
+            _pad: 0,
+        };
+        self.lock()
+            .insert(Self::key(sandbox_id, ip), binding, 0)
+            .map_err(|source| EbpfError::Map {
+                op: "insert into",
+                map: map_names::DNS_BINDINGS,
+                source,
+            })
+    }
+
+    /// The binding of `ip` to `sandbox_id`, expired or not, if the map has one.
+    ///
+    /// # Errors
+    /// [`EbpfError::Map`] when the map cannot be read.
+    pub fn get(&self, sandbox_id: u32, ip: IpAddr) -> Result<Option<DnsBinding>, EbpfError> {
+        match self.lock().get(&Self::key(sandbox_id, ip), 0) {
+            Ok(binding) => Ok(Some(binding)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(EbpfError::Map {
+                op: "look up in",
+                map: map_names::DNS_BINDINGS,
+                source,
+            }),
+        }
+    }
+
+    /// Removes the binding of `ip` to `sandbox_id` (gone already is fine).
+    pub fn remove(&self, sandbox_id: u32, ip: IpAddr) {
+        let result = self.lock().remove(&Self::key(sandbox_id, ip));
+        report_removal(sandbox_id, map_names::DNS_BINDINGS, result);
+    }
+
+    /// Removes every binding of `sandbox_id` (it is detached); returns how many there were.
+    pub fn remove_sandbox(&self, sandbox_id: u32) -> usize {
+        self.remove_where(|key, _| key.sandbox_id == sandbox_id)
+    }
+
+    /// Removes every expired binding (the programs ignore them already: this only frees the
+    /// entries); returns how many there were.
+    pub fn remove_expired(&self) -> usize {
+        let now = monotonic_ns();
+        self.remove_where(|_, binding| binding.expires_ns <= now)
+    }
+
+    /// Removes the entries `doomed` picks: a walk under the lock, then one delete per lock.
+    fn remove_where(&self, doomed: impl Fn(&DnsBindingKey, &DnsBinding) -> bool) -> usize {
+        let keys: Vec<DnsBindingKey> = self
+            .lock()
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(key, binding)| doomed(key, binding))
+            .map(|(key, _)| key)
+            .collect();
+        for key in &keys {
+            let result = self.lock().remove(key);
+            report_removal(key.sandbox_id, map_names::DNS_BINDINGS, result);
+        }
+        keys.len()
     }
 }
 

@@ -1,6 +1,6 @@
 //! The engine: the loaded eBPF programs, the sandboxes being served (added, removed, adopted
-//! from a previous daemon, re-judged on reload) and their listeners, and the connections in
-//! flight. Used by `gateway run` and by `gateway exec` in-process.
+//! from a previous daemon, re-judged on reload) with their listeners and DNS services, and the
+//! connections in flight. Used by `gateway run` and by `gateway exec` in-process.
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +12,7 @@ use std::{
 };
 
 use gateway_proto::{
-    config::{PolicyConfig, PolicyError, SecretConfig, SecretName, TlsConfig},
+    config::{DnsConfig, PolicyConfig, PolicyError, SecretConfig, SecretName, TlsConfig},
     ports::PortList,
     sandbox_spec::{SandboxName, SandboxSpec},
 };
@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use crate::{
     conn::{ConnStats, SandboxContext, SandboxState},
     control::{SandboxStatus, Status},
+    dns::{DnsContext, DnsListenError, DnsService, Resolver, ResolverError, SandboxBindings},
     ebpf::{Attachment, EbpfError, PinDir, Programs, SandboxRules},
     metrics::Metrics,
     net::listener::{self, ListenError},
@@ -72,6 +73,20 @@ pub enum EngineError {
         #[source]
         source: ListenError,
     },
+    /// A sandbox's DNS service could not be started.
+    #[error("sandbox {sandbox} (cgroup {cgroup}): DNS service: {source}")]
+    Dns {
+        /// The sandbox.
+        sandbox: SandboxId,
+        /// Its cgroup.
+        cgroup: PathBuf,
+        /// Why.
+        #[source]
+        source: DnsListenError,
+    },
+    /// The resolver the sandboxes' DNS services share could not be made.
+    #[error(transparent)]
+    Resolver(#[from] ResolverError),
     /// A secret's value could not be loaded, or a sandbox was given an unknown one.
     #[error(transparent)]
     Secrets(#[from] SecretsError),
@@ -145,6 +160,10 @@ pub struct EngineOptions {
     pub policy: PolicyConfig,
     /// The secrets sandboxes may be given (from the config file).
     pub secrets: Vec<SecretConfig>,
+    /// The sandboxes' DNS service (from the config file); its resolver forwards to the
+    /// nameservers of `policy.resolv_conf` unless `dns.upstream` names others. Read when the
+    /// engine starts (a reload keeps the running resolver).
+    pub dns: DnsConfig,
     /// Connection time limits.
     pub timeouts: Timeouts,
     /// How long shutdown waits for open connections before closing them.
@@ -161,6 +180,10 @@ struct Served {
     attachment: Attachment,
     accept_loops: Vec<tokio::task::AbortHandle>,
     listener_port: u16,
+    /// Its DNS service (stopped when it is no longer served).
+    dns: DnsService,
+    /// The DNS service's port (127.0.0.1 and ::1 in its namespace).
+    dns_port: u16,
     /// What its connections are judged by; replaced on reload.
     state: Arc<RwLock<Arc<SandboxState>>>,
     /// The process it lives for (`gateway exec` through the daemon).
@@ -171,8 +194,10 @@ struct Served {
 }
 
 mod observed;
+mod sandbox_dns;
 
-use observed::{Attached, EbpfMetrics};
+use observed::{Attached, AttachedSandbox, EbpfMetrics};
+pub use sandbox_dns::dns_binding;
 
 /// The running gateway: loaded programs, and one listener (and accept tasks) per sandbox.
 #[derive(Debug)]
@@ -195,8 +220,12 @@ pub struct Engine {
     started: Instant,
     state_file: Option<StateFile>,
     metrics: Arc<Metrics>,
-    /// The attached sandboxes' names by id (for the metrics).
+    /// The attached sandboxes by id (for the metrics and the bypass log).
     attached: Attached,
+    /// The resolver every sandbox's DNS service shares.
+    resolver: Arc<Resolver>,
+    /// When expired DNS bindings were last swept from the whole eBPF map.
+    bindings_swept: Instant,
     /// Where the metrics endpoint listens: no sandbox may reach these.
     metrics_addrs: Vec<SocketAddr>,
 }
@@ -210,6 +239,8 @@ pub struct SandboxInfo {
     pub name: SandboxName,
     /// Its listener's port (127.0.0.1 and ::1 in its namespace).
     pub listener_port: u16,
+    /// Its DNS service's port (127.0.0.1 and ::1 in its namespace).
+    pub dns_port: u16,
     /// Its intercepted TLS ports.
     pub tls_ports: PortList,
     /// Its plain HTTP ports.
@@ -219,10 +250,11 @@ pub struct SandboxInfo {
 /// Whether a sandbox is new or a previous daemon's.
 enum Origin {
     New,
-    /// Adopted: its id, and the listener port its pinned config names.
+    /// Adopted: its id, and the listener and DNS ports its pinned config names.
     Adopted {
         id: SandboxId,
         port: u16,
+        dns_port: u16,
     },
 }
 
@@ -246,6 +278,10 @@ impl Engine {
         )?);
         let tls_policy = Arc::new(TlsPolicy::new(&options.tls, &provider)?);
         let secrets = Arc::new(SecretStore::load(&options.secrets)?);
+        let resolver = Arc::new(Resolver::new(
+            &options.dns,
+            options.policy.resolv_conf.path(),
+        )?);
         let mut programs = Programs::load(pins)?;
         let policies = Policies::default();
         let mut accept_loops = JoinSet::new();
@@ -253,6 +289,13 @@ impl Engine {
             accept_loops.spawn(log_refusals(events, Arc::clone(&policies)));
         }
         let attached = Attached::default();
+        if let Some(events) = programs.take_bypass_events() {
+            accept_loops.spawn(sandbox_dns::log_bypasses(
+                events,
+                attached.clone(),
+                Arc::clone(&metrics),
+            ));
+        }
         metrics.set_ebpf_source(Arc::new(EbpfMetrics {
             counts: programs.counts(),
             attached: attached.clone(),
@@ -276,6 +319,8 @@ impl Engine {
             metrics,
             attached,
             metrics_addrs: Vec::new(),
+            resolver,
+            bindings_swept: Instant::now(),
         })
     }
 
@@ -298,7 +343,7 @@ impl Engine {
         let mut adopted = Vec::new();
         for record in &records {
             let conf = pinned.get(&record.cgroup_id);
-            match self.adopt_one(record, conf.map(|c| c.listener_port)) {
+            match self.adopt_one(record, conf.map(|c| (c.listener_port, c.dns_port))) {
                 Ok(info) => adopted.push(info),
                 Err(err) => {
                     warn!(sandbox = record.id, spec = record.spec, error = %err, "could not adopt a sandbox; detaching it");
@@ -322,7 +367,7 @@ impl Engine {
     fn adopt_one(
         &mut self,
         record: &Record,
-        port: Option<u16>,
+        ports: Option<(u16, u16)>,
     ) -> Result<SandboxInfo, EngineError> {
         let spec: SandboxSpec = record
             .spec
@@ -336,9 +381,11 @@ impl Engine {
                 path: spec.cgroup.clone(),
             }));
         }
+        let (port, dns_port) = ports.unwrap_or((0, 0));
         let origin = Origin::Adopted {
             id: SandboxId(record.id),
-            port: port.unwrap_or(0),
+            port,
+            dns_port,
         };
         self.serve(spec, &cgroup, origin)
     }
@@ -376,13 +423,17 @@ impl Engine {
                 })?;
         let netns = spec.netns.as_deref().map(NetNs::open).transpose()?;
         let state = Arc::new(self.sandbox_state(&spec, &name)?);
-        let (id, preferred) = match origin {
+        let (id, preferred, preferred_dns) = match origin {
             Origin::New => {
                 let id = SandboxId(self.next_id);
                 self.next_id += 1;
-                (id, None)
+                (id, None, None)
             }
-            Origin::Adopted { id, port } => (id, (port != 0).then_some(port)),
+            Origin::Adopted { id, port, dns_port } => (
+                id,
+                (port != 0).then_some(port),
+                (dns_port != 0).then_some(dns_port),
+            ),
         };
         let listen_err = |source| EngineError::Listen {
             sandbox: id,
@@ -392,7 +443,33 @@ impl Engine {
         let bound = listener::bind(netns.as_ref(), preferred).map_err(listen_err)?;
         let listener_port = bound.port;
         let listeners = bound.into_tokio().map_err(listen_err)?;
+        let dns_err = |source| EngineError::Dns {
+            sandbox: id,
+            cgroup: cgroup.path().into(),
+            source,
+        };
+        let bound_dns = sandbox_dns::bind(netns.as_ref(), preferred_dns).map_err(dns_err)?;
+        let dns_port = sandbox_dns::port_of(&bound_dns);
         let slot = Arc::new(RwLock::new(Arc::clone(&state)));
+        let bindings = Arc::new(SandboxBindings::new(Arc::new(sandbox_dns::EbpfSink {
+            map: self.programs.dns_bindings(),
+            sandbox: id,
+        })));
+        let hooks = Arc::new(sandbox_dns::Hooks {
+            state: Arc::clone(&slot),
+            bindings: Arc::clone(&bindings),
+        });
+        // Served before the programs send any DNS here, so no query is lost.
+        let dns = DnsService::start(
+            bound_dns,
+            DnsContext {
+                sandbox: id,
+                resolver: Arc::clone(&self.resolver),
+                policy: hooks.clone(),
+                bindings: hooks,
+            },
+        )
+        .map_err(dns_err)?;
         let context = Arc::new(SandboxContext {
             id,
             name: name.clone(),
@@ -406,6 +483,7 @@ impl Engine {
             cancel: self.cancel.clone(),
             metrics: Arc::clone(&self.metrics),
             label: Arc::from(name.as_str()),
+            dns_bindings: Arc::clone(&bindings),
         });
         // Listeners accept before the programs redirect anything, so no connect is lost.
         let accept_loops: Vec<_> = listeners
@@ -415,7 +493,9 @@ impl Engine {
                     .spawn(listener::serve(listener, Arc::clone(&context)))
             })
             .collect();
-        let rules = state.policy.rules(id, listener_port);
+        let rules = state
+            .policy
+            .rules(id, listener_port, dns_port, dns_binding(&state.policy));
         let attached = match origin {
             Origin::New => self.programs.attach(cgroup, &rules),
             Origin::Adopted { .. } => self.programs.adopt(cgroup, &rules),
@@ -433,11 +513,19 @@ impl Engine {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id, Arc::clone(&state.policy));
-        self.attached.insert(id.0, Arc::clone(&context.label));
+        self.attached.insert(
+            id.0,
+            AttachedSandbox {
+                name: Arc::clone(&context.label),
+                dns: dns.counters(),
+                bindings,
+            },
+        );
         let info = SandboxInfo {
             id,
             name: name.clone(),
             listener_port,
+            dns_port,
             tls_ports: state.policy.config.tls_ports.clone(),
             http_ports: state.policy.config.http_ports.clone(),
         };
@@ -451,6 +539,8 @@ impl Engine {
                 attachment,
                 accept_loops,
                 listener_port,
+                dns,
+                dns_port,
                 state: slot,
                 owner,
                 _netns: netns.map(|ns| ns.into_fd()),
@@ -591,6 +681,7 @@ impl Engine {
             attachment,
             accept_loops,
             context,
+            dns,
             ..
         } = served;
         accept_loops
@@ -598,17 +689,24 @@ impl Engine {
             .for_each(tokio::task::AbortHandle::abort);
         attachment.detach();
         let name = spec.name.map(|n| n.to_string()).unwrap_or_default();
+        let dns_stats = dns.stats();
+        // Queries being answered finish; nothing new reaches it once detached.
+        tokio::spawn(dns.shutdown());
         match self.programs.refusals(id.0) {
             Ok(refusals) => info!(
                 sandbox = %id, name, why, refused_address = refusals.address,
                 refused_tcp_port = refusals.tcp_port, refused_udp_port = refusals.udp_port,
                 refused_quic = refusals.quic, refused_socket = refusals.socket,
+                refused_unbound = refusals.unbound, dns_answered = dns_stats.answered,
+                dns_refused = dns_stats.refused, dns_failed = dns_stats.failed,
                 "sandbox detached"
             ),
             Err(err) => {
                 warn!(sandbox = %id, name, error = %err, "sandbox detached; its refusal counts are unreadable");
             }
         }
+        // Before the map entries go, so an answer still in flight cannot bind one again.
+        context.dns_bindings.close();
         self.programs.forget(cgroup_id, &rules);
         self.policies
             .lock()
@@ -651,10 +749,21 @@ impl Engine {
             let Some(served) = self.served.get_mut(&name) else {
                 continue;
             };
-            let rules = state.policy.rules(served.id, served.listener_port);
+            let rules = state.policy.rules(
+                served.id,
+                served.listener_port,
+                served.dns_port,
+                dns_binding(&state.policy),
+            );
             self.programs
                 .update_rules(served.cgroup_id, &served.rules, &rules)?;
             served.rules = rules;
+            // The bypass patterns may have changed: which addresses are bypass only too.
+            let bypass = &state.policy.tls.bypass;
+            served
+                .context
+                .dns_bindings
+                .rejudge(|name| bypass.matches(name));
             self.policies
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -702,6 +811,13 @@ impl Engine {
             }
         };
         counters.push(("certs_generated".into(), self.tls.certs.generated()));
+        let dns = self
+            .served
+            .values()
+            .map(|served| served.dns.stats())
+            .fold((0, 0, 0), |(a, r, f), s| {
+                (a + s.answered, r + s.refused, f + s.failed)
+            });
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -710,11 +826,29 @@ impl Engine {
             certs_cached: self.tls.certs.len(),
             certs_generated: self.tls.certs.generated(),
             counters,
+            dns_answered: dns.0,
+            dns_refused: dns.1,
+            dns_failed: dns.2,
             pin_dir: self
                 .programs
                 .pin_dir()
                 .map(Path::to_owned)
                 .unwrap_or_default(),
+        }
+    }
+
+    /// Forgets the DNS bindings that expired (in each sandbox's table and the eBPF map); now
+    /// and then also sweeps the whole map, for bindings no table knows (a previous daemon's).
+    pub fn expire_dns_bindings(&mut self) {
+        for served in self.served.values() {
+            served.context.dns_bindings.expire();
+        }
+        if self.bindings_swept.elapsed() >= BINDINGS_SWEEP_INTERVAL {
+            self.bindings_swept = Instant::now();
+            let removed = self.programs.dns_bindings().remove_expired();
+            if removed > 0 {
+                tracing::debug!(removed, "expired DNS bindings swept");
+            }
         }
     }
 
@@ -808,15 +942,24 @@ impl Engine {
     }
 }
 
+/// How often [`Engine::expire_dns_bindings`] sweeps the whole eBPF map (each sandbox's own
+/// expired bindings go at every call).
+const BINDINGS_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How `sandbox ls` shows a sandbox.
 fn status_of(name: &SandboxName, served: &Served) -> SandboxStatus {
     let state = Arc::clone(&served.state.read().unwrap_or_else(PoisonError::into_inner));
+    let dns = served.dns.stats();
     SandboxStatus {
         name: name.to_string(),
         id: served.id.0,
         cgroup: served.spec.cgroup.clone(),
         netns: served.spec.netns.clone(),
         listener_port: served.listener_port,
+        dns_port: served.dns_port,
+        dns_answered: dns.answered,
+        dns_refused: dns.refused,
+        dns_failed: dns.failed,
         tls_ports: state.policy.config.tls_ports.as_slice().to_vec(),
         http_ports: state.policy.config.http_ports.as_slice().to_vec(),
         secrets: served

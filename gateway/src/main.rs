@@ -139,6 +139,7 @@ fn engine(args: &EngineArgs, config: &Config) -> EngineOptions {
         tls: config.tls.clone(),
         policy: config.policy.clone(),
         secrets: config.secrets.clone(),
+        dns: config.dns.clone(),
         timeouts: Timeouts {
             hello: config.tls.hello_timeout.get(),
             connect: args.connect_timeout,

@@ -123,8 +123,13 @@ pub trait EbpfSource: Send + Sync {
     /// `refused`), summed over CPUs.
     fn counters(&self) -> Vec<(&'static str, u64)>;
     /// Refusals by sandbox name and reason (`address`, `tcp_port`, `udp_port`, `quic`,
-    /// `socket`), summed over CPUs; only sandboxes still attached.
+    /// `socket`, `unbound`), summed over CPUs; only sandboxes still attached.
     fn refusals(&self) -> Vec<(String, &'static str, u64)>;
+    /// DNS queries by sandbox name and result (`answered`, `refused`, `failed`), counted by the
+    /// sandboxes' DNS services; only sandboxes still attached.
+    fn dns_queries(&self) -> Vec<(String, &'static str, u64)> {
+        Vec::new()
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,6 +183,7 @@ struct Families {
     secret_violations: Family<SecretLabels, Counter>,
     cert_cache: Family<CacheLabels, Counter>,
     certs_generated: Counter,
+    bypassed_at_connect: Family<SandboxLabels, Counter>,
 }
 
 impl Families {
@@ -223,6 +229,12 @@ impl Families {
             "Certificates forged",
             self.certs_generated.clone(),
         );
+        registry.register(
+            "gateway_bypassed_at_connect",
+            "Connections left alone at connect (their address bound only to bypass names) that \
+             established, by sandbox",
+            self.bypassed_at_connect.clone(),
+        );
     }
 
     /// Creates the series of fixed label sets, so dashboards see zeros rather than nothing.
@@ -254,6 +266,9 @@ impl Families {
             }
         }
         self.connections_open.remove(&SandboxLabels {
+            sandbox: sandbox.clone(),
+        });
+        self.bypassed_at_connect.remove(&SandboxLabels {
             sandbox: sandbox.clone(),
         });
         for direction in DIRECTIONS {
@@ -423,6 +438,15 @@ impl Metrics {
         self.families.certs_generated.inc();
     }
 
+    /// A connection of `sandbox` was left alone at connect (bypassed) and established.
+    pub fn bypassed_at_connect(&self, sandbox: &str) {
+        let sandbox = self.sandboxes.label(sandbox);
+        self.families
+            .bypassed_at_connect
+            .get_or_create(&SandboxLabels { sandbox })
+            .inc();
+    }
+
     /// Where the eBPF counters come from from now on (replacing any earlier source).
     pub fn set_ebpf_source(&self, source: Arc<dyn EbpfSource>) {
         *self
@@ -511,12 +535,14 @@ impl Collector for EbpfCollector {
             return Ok(());
         };
         encode_events(&mut encoder, &source.counters())?;
-        encode_refusals(&mut encoder, &self.refusals_by_label(source.refusals()))
+        encode_refusals(&mut encoder, &self.refusals_by_label(source.refusals()))?;
+        encode_dns(&mut encoder, &self.refusals_by_label(source.dns_queries()))
     }
 }
 
 impl EbpfCollector {
-    /// Refusals summed by sandbox label (several sandboxes may share `other`), then reason.
+    /// Counts summed by sandbox label (several sandboxes may share `other`), then reason (or
+    /// result).
     fn refusals_by_label(
         &self,
         refusals: Vec<(String, &'static str, u64)>,
@@ -561,6 +587,23 @@ fn encode_refusals(
     )?;
     for ((sandbox, reason), value) in refusals {
         let labels = [("sandbox", &**sandbox), ("reason", *reason)];
+        ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn encode_dns(
+    encoder: &mut DescriptorEncoder,
+    queries: &BTreeMap<(Arc<str>, &'static str), u64>,
+) -> Result<(), fmt::Error> {
+    let mut family = encoder.encode_descriptor(
+        "gateway_dns_queries",
+        "DNS queries of sandboxes to the gateway's DNS service, by sandbox and result.",
+        None,
+        MetricType::Counter,
+    )?;
+    for ((sandbox, result), value) in queries {
+        let labels = [("sandbox", &**sandbox), ("result", *result)];
         ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
     }
     Ok(())

@@ -17,7 +17,6 @@ use gateway_common::{AddrRule, SandboxConf, protocol};
 use gateway_proto::{
     config::{NameRules, PlainTcp, PolicyConfig, TlsConfig},
     pattern::PatternSet,
-    ports::PortList,
     resolv_conf,
 };
 use rustls::crypto::CryptoProvider;
@@ -140,16 +139,31 @@ impl SandboxPolicy {
             && self.config.allow_tcp_ports.contains(port)
     }
 
-    /// The eBPF map entries enforcing this policy for sandbox `id`.
-    pub fn rules(&self, id: SandboxId, listener_port: u16) -> SandboxRules {
-        let flags = if self.config.block_quic {
-            SandboxConf::BLOCK_QUIC
-        } else {
-            0
-        };
-        let mut rules = SandboxRules::new(id.0, listener_port, flags);
-        let redirected = redirected_ports(&self.config.tls_ports, &self.config.http_ports);
-        redirected.for_each(|port| rules.redirect_tcp(port));
+    /// The eBPF map entries enforcing this policy for sandbox `id`, whose listener is on
+    /// `listener_port` and DNS service on `dns_port` (0: none, DNS goes only to the
+    /// resolvers). With `dns_binding`, connects and sends to addresses no DNS answer gave the
+    /// sandbox (and no `allow_cidrs` rule allows) are refused.
+    pub fn rules(
+        &self,
+        id: SandboxId,
+        listener_port: u16,
+        dns_port: u16,
+        dns_binding: bool,
+    ) -> SandboxRules {
+        let mut flags = 0;
+        if self.config.block_quic {
+            flags |= SandboxConf::BLOCK_QUIC;
+        }
+        if dns_binding {
+            flags |= SandboxConf::DNS_BINDING;
+        }
+        let mut rules = SandboxRules::new(id.0, listener_port, flags, dns_port);
+        for port in self.config.tls_ports.as_slice() {
+            rules.redirect_tls(*port);
+        }
+        for port in self.config.http_ports.as_slice() {
+            rules.redirect_tcp(*port);
+        }
         for port in self.config.allow_tcp_ports.as_slice() {
             rules.allow(*port, protocol::TCP);
         }
@@ -168,10 +182,6 @@ impl SandboxPolicy {
     }
 }
 
-fn redirected_ports<'a>(tls: &'a PortList, http: &'a PortList) -> impl Iterator<Item = u16> + 'a {
-    tls.as_slice().iter().chain(http.as_slice()).copied()
-}
-
 fn read_resolvers(path: &Path) -> Vec<IpAddr> {
     match std::fs::read_to_string(path) {
         Ok(text) => resolv_conf::nameservers(&text),
@@ -185,6 +195,7 @@ fn read_resolvers(path: &Path) -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use gateway_common::PortRule;
+    use gateway_proto::ports::PortList;
 
     use super::*;
 
@@ -206,7 +217,7 @@ mod tests {
             ..PolicyConfig::default()
         };
         let policy = policy(config);
-        let rules = policy.rules(SandboxId(7), 4000);
+        let rules = policy.rules(SandboxId(7), 4000, 5353, false);
         let ports: Vec<(u16, u8, u32)> = rules
             .ports
             .iter()
@@ -215,13 +226,19 @@ mod tests {
         assert_eq!(
             ports,
             [
-                (443, protocol::TCP, PortRule::REDIRECT),
+                (443, protocol::TCP, PortRule::REDIRECT_TLS),
                 (80, protocol::TCP, PortRule::REDIRECT),
                 (22, protocol::TCP, PortRule::ALLOW),
                 (123, protocol::UDP, PortRule::ALLOW),
             ]
         );
         assert_eq!(rules.flags, SandboxConf::BLOCK_QUIC);
+        assert_eq!((rules.listener_port, rules.dns_port), (4000, 5353));
+        let binding = policy.rules(SandboxId(7), 4000, 5353, true);
+        assert_eq!(
+            binding.flags,
+            SandboxConf::BLOCK_QUIC | SandboxConf::DNS_BINDING
+        );
         assert_eq!(
             rules.resolvers,
             vec!["192.0.2.53".parse::<IpAddr>().unwrap()]

@@ -154,7 +154,7 @@ fn start_engine(options: &RunOptions) -> Result<(Engine, Option<TcpListener>), R
     let state = StateFile::in_dir(&options.state_dir)?;
     let mut engine = Engine::new(Some(pins), options.engine.clone(), Some(state))?;
     for info in engine.adopt_pinned()? {
-        info!(sandbox = %info.id, name = %info.name, listener_port = info.listener_port, "sandbox adopted");
+        info!(sandbox = %info.id, name = %info.name, listener_port = info.listener_port, dns_port = info.dns_port, "sandbox adopted");
     }
     for spec in &options.sandboxes {
         add_configured(&mut engine, spec)?;
@@ -213,7 +213,7 @@ fn add_configured(engine: &mut Engine, spec: &SandboxSpec) -> Result<(), EngineE
     info!(
         sandbox = %info.id, name = %info.name, cgroup = %spec.cgroup.display(),
         netns = spec.netns.as_deref().map(Path::display).map(|d| d.to_string()).unwrap_or_else(|| "host".into()),
-        listener_port = info.listener_port, tls_ports = %info.tls_ports,
+        listener_port = info.listener_port, dns_port = info.dns_port, tls_ports = %info.tls_ports,
         http_ports = %info.http_ports,
         "sandbox attached"
     );
@@ -259,6 +259,7 @@ impl Daemon<'_> {
                 }
                 _ = housekeeping.tick() => {
                     let owned = self.engine.drop_gone_sandboxes();
+                    self.engine.expire_dns_bindings();
                     tokio::spawn(remove_owned_cgroups(owned));
                     trim.after_load(self.engine.open_connections());
                     if !self.engine.pins_present() && !pins_warned {
@@ -298,7 +299,7 @@ impl Daemon<'_> {
             .engine
             .add_sandbox(spec)
             .map_err(|err| err.to_string())?;
-        info!(sandbox = %info.id, name = %info.name, listener_port = info.listener_port, "sandbox added");
+        info!(sandbox = %info.id, name = %info.name, listener_port = info.listener_port, dns_port = info.dns_port, "sandbox added");
         let sandbox = self
             .engine
             .sandbox_status(&info.name)

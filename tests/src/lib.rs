@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod daemon;
 pub mod dns;
+pub mod dns_fixture;
 pub mod net;
 pub mod nginx;
 pub mod pki;

@@ -182,7 +182,7 @@ fn twenty_sandboxes_come_and_go_while_traffic_flows_in_another() {
             assert_eq!(env.names(), expected);
             env.assert_intercepted(cgroup);
             assert!(attached_programs(cgroup.path()).contains("gateway_connect4"));
-            assert_eq!(pinned_links(&env.daemon, ids[i]).len(), 6);
+            assert_eq!(pinned_links(&env.daemon, ids[i]).len(), 10);
         }
         for (i, cgroup) in cgroups.iter().enumerate() {
             let name = format!("box{i}");

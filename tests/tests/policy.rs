@@ -284,7 +284,7 @@ fn ports_are_refused_unless_allowed() {
 }
 
 #[test]
-fn udp_is_refused_but_dns_to_the_resolvers_and_raw_sockets_never_made() {
+fn udp_is_refused_dns_goes_to_the_gateway_and_raw_sockets_are_never_made() {
     let env = Env::new();
     let host = UpstreamHost::new().unwrap();
     let cert = env.pki.issue("dns", &["dns.test"], &[]).unwrap();
@@ -327,15 +327,15 @@ fn udp_is_refused_but_dns_to_the_resolvers_and_raw_sockets_never_made() {
         "quic"
     );
 
+    // DNS (port 53, UDP and TCP, to the resolver or any other address) goes to the gateway's
+    // DNS service, never to the wire: the resolver's echo service sees nothing (the gateway
+    // does not answer a datagram that is not DNS).
+    let watcher = Watcher::start(&host.ns, 53).unwrap();
     let dns = env.probe(&["udp", &v4, "53", "--reply"]);
-    assert_eq!(dns["reply"], "echo:probe", "{dns}");
-    // TCP 53 to the resolver passes the policy too (nothing listens: refused by the host).
-    assert_eq!(env.probe(&["tcp", &v4, "53"])["errno"], "ECONNREFUSED");
-    // Port 53 elsewhere is not DNS to a resolver.
-    assert_eperm(
-        &env.probe(&["udp", &host.v6.to_string(), "53"]),
-        "DNS to another server",
-    );
+    assert_ne!(dns["reply"], "echo:probe", "{dns}");
+    assert_eq!(env.probe(&["tcp", &v4, "53"])["ok"], true);
+    assert_eq!(env.probe(&["udp", &host.v6.to_string(), "53"])["ok"], true);
+    assert_eq!(watcher.finish().unwrap(), (0, 0), "DNS reached the wire");
     assert_eperm(&env.probe(&["udp", &v4, "5353"]), "another UDP port");
 
     // In a namespace where every group may ping, outside the sandbox these sockets can be
@@ -446,8 +446,13 @@ fn denied_names_get_a_403_page_over_h1_and_h2_and_the_upstream_sees_nothing() {
 fn allow_list_mode_forbids_other_names_and_denied_bypass_names_get_an_alert() {
     let env = Env::new();
     let site = names_site(&env);
+    // An allow-list of names turns DNS binding on; the site's address is allowed outright, so
+    // curl's --resolve (no lookup through the gateway) still reaches it.
     let mut daemon = env.daemon(
-        ",allow-host=allowed.test,allow-host=*.bank.test",
+        &format!(
+            ",allow-host=allowed.test,allow-host=*.bank.test,allow-cidr={}/32",
+            site.host.v4
+        ),
         // Appended to the [tls] table of the trusted config.
         "bypass = [\"*.bank.test\"]\n[policy]\ndeny_hosts = [\"pay.bank.test\"]\n",
     );

@@ -309,7 +309,7 @@ fn sandbox_traffic_fails_closed_when_the_daemon_dies() {
 
     daemon.crash().unwrap();
     assert!(
-        daemon.pin_dir().join("links").read_dir().unwrap().count() == 6,
+        daemon.pin_dir().join("links").read_dir().unwrap().count() == 10,
         "links must stay pinned"
     );
     let after = cgroup
@@ -343,7 +343,13 @@ fn clean_stop_stays_attached_and_down_detaches_and_unpins() {
         .start()
         .unwrap();
     let tree = attached_programs(&cgroup);
-    for program in ["gateway_connect4", "gateway_connect6", "gateway_sock_ops"] {
+    for program in [
+        "gateway_connect4",
+        "gateway_connect6",
+        "gateway_sock_ops",
+        "gateway_recvmsg4",
+        "gateway_getpeername6",
+    ] {
         assert!(tree.contains(program), "{program} not attached: {tree}");
     }
     // A clean stop fails closed: the programs stay attached, their pins stay.

@@ -1,8 +1,9 @@
-//! Refusal events from the eBPF programs, as the daemon reads them.
+//! Events from the eBPF programs (refusals, connections bypassed at connect), as the daemon
+//! reads them.
 
 use std::net::{IpAddr, SocketAddr};
 
-use gateway_common::{Reason, RefusalEvent};
+use gateway_common::{BypassEvent, Reason, RefusalEvent};
 
 use crate::{net::addr::ip_from_words, sandbox::SandboxId};
 
@@ -64,6 +65,32 @@ impl Refusal {
     }
 }
 
+/// A connection bypassed at connect (its address bound only to bypass names) that
+/// established, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bypass {
+    /// The sandbox.
+    pub sandbox: SandboxId,
+    /// Where it went, directly.
+    pub destination: SocketAddr,
+}
+
+impl Bypass {
+    /// Decodes an event; `None` for a short record.
+    pub fn decode(bytes: &[u8]) -> Option<Bypass> {
+        if bytes.len() < size_of::<BypassEvent>() {
+            return None;
+        }
+        // SAFETY: the length is checked above; BypassEvent is plain old data valid for every
+        // bit pattern, and read_unaligned makes no alignment assumption.
+        let event: BypassEvent = unsafe { bytes.as_ptr().cast::<BypassEvent>().read_unaligned() };
+        Some(Bypass {
+            sandbox: SandboxId(event.sandbox_id),
+            destination: SocketAddr::new(ip_from_words(event.addr), event.port),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,5 +140,30 @@ mod tests {
         };
         assert_eq!(Refusal::decode(&bytes(&event)), None);
         assert_eq!(Refusal::decode(&[0; 4]), None);
+    }
+
+    #[test]
+    fn decodes_a_bypass() {
+        let event = BypassEvent {
+            sandbox_id: 4,
+            addr: words_from_ip("192.0.2.9".parse().unwrap()),
+            port: 443,
+            _pad: 0,
+        };
+        // SAFETY: BypassEvent is repr(C) plain old data without implicit padding.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&event as *const BypassEvent).cast::<u8>(),
+                size_of::<BypassEvent>(),
+            )
+        };
+        assert_eq!(
+            Bypass::decode(bytes),
+            Some(Bypass {
+                sandbox: SandboxId(4),
+                destination: "192.0.2.9:443".parse().unwrap(),
+            })
+        );
+        assert_eq!(Bypass::decode(&bytes[..10]), None);
     }
 }

@@ -1,5 +1,6 @@
-//! What one sandbox's entries in the policy maps are: its config, port rules, address rules,
-//! resolvers and refusal counters. Installed when it is attached, removed when it is detached.
+//! What one sandbox's entries in the policy maps are: its config (listener and DNS service
+//! ports, flags), port rules, address rules, resolvers and refusal counters. Installed when it
+//! is attached, removed when it is detached.
 
 use std::net::IpAddr;
 
@@ -17,6 +18,8 @@ pub struct SandboxRules {
     pub listener_port: u16,
     /// `SandboxConf` flags.
     pub flags: u16,
+    /// Its DNS service's port (0: none; DNS then goes only to the resolvers).
+    pub dns_port: u16,
     /// Port rules.
     pub ports: Vec<(PortKey, PortRule)>,
     /// Address rules: range, action, rule id.
@@ -27,20 +30,27 @@ pub struct SandboxRules {
 
 impl SandboxRules {
     /// Rules with no ports, addresses or resolvers yet.
-    pub fn new(sandbox_id: u32, listener_port: u16, flags: u16) -> Self {
+    pub fn new(sandbox_id: u32, listener_port: u16, flags: u16, dns_port: u16) -> Self {
         SandboxRules {
             sandbox_id,
             listener_port,
             flags,
+            dns_port,
             ports: Vec::new(),
             addrs: Vec::new(),
             resolvers: Vec::new(),
         }
     }
 
-    /// Adds a TCP port redirected to the listener.
+    /// Adds a plain HTTP port (TCP) redirected to the listener.
     pub fn redirect_tcp(&mut self, port: u16) {
         self.port(port, protocol::TCP, PortRule::REDIRECT);
+    }
+
+    /// Adds an intercepted TLS port (TCP) redirected to the listener, unless the address is
+    /// bound only to bypass names.
+    pub fn redirect_tls(&mut self, port: u16) {
+        self.port(port, protocol::TCP, PortRule::REDIRECT_TLS);
     }
 
     /// Adds a port left alone.

@@ -1,5 +1,5 @@
-//! What the metrics endpoint reads from the engine at scrape time: the eBPF counters and each
-//! attached sandbox's refusals, by the sandbox's name.
+//! What the metrics endpoint and the event readers take from the engine: the eBPF counters,
+//! and each attached sandbox's name, refusals, DNS counts and bindings, by id.
 
 use std::{
     collections::BTreeMap,
@@ -9,21 +9,36 @@ use std::{
 use gateway_common::{Reason, Refusals};
 use tracing::debug;
 
-use crate::{ebpf::Counts, metrics::EbpfSource};
+use crate::{
+    dns::{DnsCounters, SandboxBindings},
+    ebpf::Counts,
+    metrics::EbpfSource,
+};
 
-/// The names of the attached sandboxes, by id; shared by the engine (which keeps it current)
-/// and the metrics source.
+/// What is shared about one attached sandbox.
+#[derive(Debug, Clone)]
+pub struct AttachedSandbox {
+    /// Its name (the metrics label).
+    pub name: Arc<str>,
+    /// What its DNS service did.
+    pub dns: Arc<DnsCounters>,
+    /// The names its addresses were given for.
+    pub bindings: Arc<SandboxBindings>,
+}
+
+/// The attached sandboxes, by id; shared by the engine (which keeps it current), the metrics
+/// source and the bypass log.
 #[derive(Debug, Clone, Default)]
-pub struct Attached(Arc<Mutex<BTreeMap<u32, Arc<str>>>>);
+pub struct Attached(Arc<Mutex<BTreeMap<u32, AttachedSandbox>>>);
 
 impl Attached {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, Arc<str>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u32, AttachedSandbox>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Sandbox `id` is attached as `name`.
-    pub fn insert(&self, id: u32, name: Arc<str>) {
-        self.lock().insert(id, name);
+    /// Sandbox `id` is attached.
+    pub fn insert(&self, id: u32, sandbox: AttachedSandbox) {
+        self.lock().insert(id, sandbox);
     }
 
     /// Sandbox `id` is detached.
@@ -31,9 +46,14 @@ impl Attached {
         self.lock().remove(&id);
     }
 
+    /// Sandbox `id`, if attached.
+    pub fn get(&self, id: u32) -> Option<AttachedSandbox> {
+        self.lock().get(&id).cloned()
+    }
+
     /// Whether a sandbox named `name` is attached.
     pub fn has_name(&self, name: &str) -> bool {
-        self.lock().values().any(|n| &**n == name)
+        self.lock().values().any(|s| &*s.name == name)
     }
 }
 
@@ -62,7 +82,7 @@ impl EbpfSource for EbpfMetrics {
             .attached
             .lock()
             .iter()
-            .map(|(id, name)| (*id, Arc::clone(name)))
+            .map(|(id, sandbox)| (*id, Arc::clone(&sandbox.name)))
             .collect();
         let mut rows = Vec::new();
         for (id, name) in attached {
@@ -78,15 +98,31 @@ impl EbpfSource for EbpfMetrics {
         }
         rows
     }
+
+    fn dns_queries(&self) -> Vec<(String, &'static str, u64)> {
+        let mut rows = Vec::new();
+        for sandbox in self.attached.lock().values() {
+            let stats = sandbox.dns.stats();
+            for (result, n) in [
+                ("answered", stats.answered),
+                ("refused", stats.refused),
+                ("failed", stats.failed),
+            ] {
+                rows.push((sandbox.name.to_string(), result, n));
+            }
+        }
+        rows
+    }
 }
 
 /// A sandbox's refusals as (reason label, count).
-fn by_reason(refusals: &Refusals) -> [(&'static str, u64); 5] {
+fn by_reason(refusals: &Refusals) -> [(&'static str, u64); 6] {
     [
         (Reason::Address.name(), refusals.address),
         (Reason::TcpPort.name(), refusals.tcp_port),
         (Reason::UdpPort.name(), refusals.udp_port),
         (Reason::Quic.name(), refusals.quic),
         (Reason::Socket.name(), refusals.socket),
+        (Reason::Unbound.name(), refusals.unbound),
     ]
 }

@@ -483,3 +483,73 @@ async fn binding_a_used_address_names_the_address() {
     assert!(message.contains("bind"), "{message}");
     assert!(message.contains(&addr.to_string()), "{message}");
 }
+
+/// A source with DNS counts only.
+struct FakeDns;
+
+impl EbpfSource for FakeDns {
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("bypassed_at_connect", 2)]
+    }
+
+    fn refusals(&self) -> Vec<(String, &'static str, u64)> {
+        vec![("a".to_owned(), "unbound", 5)]
+    }
+
+    fn dns_queries(&self) -> Vec<(String, &'static str, u64)> {
+        vec![
+            ("a".to_owned(), "answered", 9),
+            ("a".to_owned(), "refused", 1),
+        ]
+    }
+}
+
+#[test]
+fn dns_queries_and_bypasses_at_connect_are_counted_by_sandbox() {
+    let metrics = Metrics::new();
+    metrics.set_ebpf_source(Arc::new(FakeDns));
+    metrics.bypassed_at_connect("a");
+    metrics.bypassed_at_connect("a");
+    let text = metrics.encode();
+    assert_eq!(
+        sample(
+            &text,
+            r#"gateway_dns_queries_total{sandbox="a",result="answered"}"#
+        ),
+        Some(9.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"gateway_dns_queries_total{sandbox="a",result="refused"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"gateway_refusals_total{sandbox="a",reason="unbound"}"#
+        ),
+        Some(5.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"gateway_ebpf_events_total{event="bypassed_at_connect"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            r#"gateway_bypassed_at_connect_total{sandbox="a"}"#
+        ),
+        2.0
+    );
+    metrics.forget_sandbox("a");
+    assert!(
+        !metrics
+            .encode()
+            .contains(r#"gateway_bypassed_at_connect_total{sandbox="a"}"#)
+    );
+}

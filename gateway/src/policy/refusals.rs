@@ -1,5 +1,12 @@
 //! The daemon's side of the refusals made in eBPF: one rate-limited log line per refusal with
 //! the sandbox, destination, protocol and the rule that refused it.
+//!
+//! Reasons: `address` (an address rule denies the destination), `tcp_port` and `udp_port` (a
+//! port no list opens), `quic` (UDP to 443 while QUIC is blocked), `socket` (not a TCP or UDP
+//! socket), and `unbound`: with DNS binding on, the destination is an address no DNS answer of
+//! the gateway gave the sandbox (or whose binding expired: `[dns] binding_ttl_min..max` after
+//! the answer) and no `allow_cidrs` rule allows. A sandbox reaches such an address by looking
+//! its name up through the gateway first; an address literal it was never given is refused.
 
 use std::{
     collections::HashMap,
@@ -88,7 +95,7 @@ pub fn describe(refusal: &Refusal, policy: Option<&SandboxPolicy>) -> String {
             format!("tcp port {port} is not in tls_ports, http_ports or allow_tcp_ports")
         }
         Reason::UdpPort => format!(
-            "udp port {port} is not in allow_udp_ports (DNS goes only to the resolvers of resolv_conf)"
+            "udp port {port} is not in allow_udp_ports (DNS, port 53, goes to the gateway's DNS service)"
         ),
         Reason::Quic => "block_quic (UDP to port 443)".to_owned(),
         Reason::Socket => format!(
@@ -96,6 +103,9 @@ pub fn describe(refusal: &Refusal, policy: Option<&SandboxPolicy>) -> String {
             refusal.sock_type,
             refusal.protocol_name()
         ),
+        Reason::Unbound => "dns binding: no DNS answer gave the sandbox this address (or its \
+                            binding expired), and no allow_cidrs rule allows it"
+            .to_owned(),
     }
 }
 
@@ -177,5 +187,10 @@ mod tests {
             describe(&raw, None),
             "only TCP and UDP sockets (socket type 2, protocol icmp)"
         );
+        let unbound = Refusal {
+            reason: Reason::Unbound,
+            ..refusal
+        };
+        assert!(describe(&unbound, None).starts_with("dns binding: no DNS answer"));
     }
 }
