@@ -406,6 +406,7 @@ impl Engine {
             cancel: self.cancel.clone(),
             metrics: Arc::clone(&self.metrics),
             label: Arc::from(name.as_str()),
+            bound: Arc::new(crate::policy::bound::NoBindings),
         });
         // Listeners accept before the programs redirect anything, so no connect is lost.
         let accept_loops: Vec<_> = listeners

@@ -1,9 +1,11 @@
 //! Policy: what a sandbox may reach and how. [`SandboxPolicy`] is one sandbox's resolved
 //! policy (the config's `[policy]` with the sandbox's overrides); [`addr`] holds its address
-//! rules, [`route`] the decision for each connection that reaches the gateway; the eBPF
-//! programs enforce the address and port parts on every connect and send.
+//! rules, [`route`] the decision for each connection that reaches the gateway, [`bound`] what
+//! DNS binding adds to it; the eBPF programs enforce the address and port parts on every
+//! connect and send.
 
 pub mod addr;
+pub mod bound;
 pub mod refusals;
 pub mod route;
 
@@ -23,8 +25,11 @@ use gateway_proto::{
 use rustls::crypto::CryptoProvider;
 use tracing::warn;
 
-use self::addr::{Action, AddrRules};
 pub use self::route::{Refusal, Route};
+use self::{
+    addr::{Action, AddrRules},
+    bound::{Bound, BoundNames},
+};
 use crate::{
     ebpf::SandboxRules,
     sandbox::SandboxId,
@@ -138,6 +143,22 @@ impl SandboxPolicy {
         address_allowed
             && self.port_kind(port).is_none()
             && self.config.allow_tcp_ports.contains(port)
+    }
+
+    /// Whether DNS binding is enforced for this sandbox (see
+    /// [`PolicyConfig::dns_binding_effective`]).
+    pub fn dns_binding(&self) -> bool {
+        self.config.dns_binding_effective()
+    }
+
+    /// What DNS binding says about a connection to `addr`: not enforced, or the names `table`
+    /// holds for it. The table is asked only when binding is on.
+    pub fn bound(&self, addr: IpAddr, table: &dyn BoundNames) -> Bound {
+        if self.dns_binding() {
+            Bound::Names(table.names(addr.to_canonical()))
+        } else {
+            Bound::NotEnforced
+        }
     }
 
     /// The eBPF map entries enforcing this policy for sandbox `id`.
