@@ -540,8 +540,8 @@ fn resolv_conf_names_the_gateway_inside_and_the_hosts_stays_unchanged() {
     let before = std::fs::read("/etc/resolv.conf").ok();
 
     // uid 0 tries to point its resolver elsewhere.
-    let script = "cat /etc/resolv.conf; echo 'nameserver 192.0.2.1' >> /etc/resolv.conf 2>/dev/null; \
-                  echo append=$?";
+    let script = "cat /etc/resolv.conf; \
+                  echo 'nameserver 192.0.2.1' >> /etc/resolv.conf 2>/dev/null; echo append=$?";
     let (output, _) = gateway_exec(home.path(), &[], &[], &["sh", "-c", script]);
     let stdout = stdout_ok(&output).unwrap();
     assert_eq!(nameservers(&stdout), [GATEWAY_NAMESERVER], "{stdout}");
