@@ -1,6 +1,6 @@
 //! A sandbox as an operator names it on the command line:
-//! `CGROUP[,netns=PATH][,name=NAME][,port=N]...[,allow-host=P]...` — the options of
-//! `gateway exec`'s policy flags, without the dashes. Also the form in which the daemon
+//! `CGROUP[,netns=PATH][,name=NAME][,port=N]...[,allow-host=P]...[,dns-binding=on|off]` — the
+//! options of `gateway exec`'s policy flags, without the dashes. Also the form in which the daemon
 //! remembers its sandboxes across restarts ([`SandboxSpec`]'s Display writes it back).
 
 use std::{fmt, path::PathBuf, str::FromStr};
@@ -42,7 +42,7 @@ pub enum SpecError {
     #[error(
         "sandbox `{spec}`: unknown option `{option}` (expected netns=PATH, port=N, http-port=N, \
          allow-tcp-port=N, allow-udp-port=N, allow-host=P, deny-host=P, allow-cidr=C, deny-cidr=C, \
-         secret=NAME, name=NAME, owner=PID)"
+         dns-binding=on|off, secret=NAME, name=NAME, owner=PID)"
     )]
     UnknownOption {
         /// The value given.
@@ -148,6 +148,9 @@ impl fmt::Display for SandboxSpec {
         write_each(f, "deny-host", &policy.deny_hosts)?;
         write_each(f, "allow-cidr", &policy.allow_cidrs)?;
         write_each(f, "deny-cidr", &policy.deny_cidrs)?;
+        if let Some(on) = policy.dns_binding {
+            write!(f, ",dns-binding={}", switch_text(on))?;
+        }
         write_each(f, "secret", &self.secrets)
     }
 }
@@ -155,6 +158,11 @@ impl fmt::Display for SandboxSpec {
 /// `,key=item` for each item.
 fn write_each<T: fmt::Display>(f: &mut fmt::Formatter<'_>, key: &str, items: &[T]) -> fmt::Result {
     items.iter().try_for_each(|item| write!(f, ",{key}={item}"))
+}
+
+/// `on` or `off`, as `dns-binding=` writes a setting.
+fn switch_text(on: bool) -> &'static str {
+    if on { "on" } else { "off" }
 }
 
 /// A sandbox's name: 1 to 64 ASCII letters, digits, `-`, `_` and `.`.
@@ -262,6 +270,13 @@ impl Parsed {
             "deny-host" => self.policy.deny_hosts.push(pattern()?),
             "allow-cidr" => self.policy.allow_cidrs.push(cidr()?),
             "deny-cidr" => self.policy.deny_cidrs.push(cidr()?),
+            "dns-binding" => {
+                self.policy.dns_binding = Some(match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad("not on or off".to_owned())),
+                });
+            }
             "secret" => self
                 .secrets
                 .push(value.parse().map_err(|why: &str| bad(why.to_owned()))?),
@@ -322,6 +337,11 @@ mod tests {
         assert_eq!(spec.policy.allow_tcp_ports, vec![22]);
         assert_eq!(spec.policy.allow_hosts[0].to_string(), "*.github.com");
         assert_eq!(spec.policy.deny_cidrs[0].to_string(), "192.0.2.0/24");
+        assert_eq!(spec.policy.dns_binding, None);
+        let on: SandboxSpec = "sb1,dns-binding=on".parse().unwrap();
+        assert_eq!(on.policy.dns_binding, Some(true));
+        let off: SandboxSpec = "sb1,dns-binding=on,dns-binding=off".parse().unwrap();
+        assert_eq!(off.policy.dns_binding, Some(false), "the last one counts");
     }
 
     #[test]
@@ -330,7 +350,8 @@ mod tests {
             "/sys/fs/cgroup/a",
             "sb1,netns=/run/netns/x,name=agent-1,owner=42,port=443,port=8443,http-port=8080,\
              allow-tcp-port=22,allow-udp-port=123,allow-host=*.github.com,deny-host=x.test,\
-             allow-cidr=10.0.0.0/8,deny-cidr=192.0.2.0/24,secret=OPENAI_KEY",
+             allow-cidr=10.0.0.0/8,deny-cidr=192.0.2.0/24,dns-binding=off,secret=OPENAI_KEY",
+            "/sys/fs/cgroup/b,allow-host=a.test,dns-binding=on",
         ] {
             let spec: SandboxSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
@@ -375,6 +396,13 @@ mod tests {
             "a,deny-host=a b".parse::<SandboxSpec>(),
             Err(SpecError::BadValue { .. })
         ));
+        assert_eq!(
+            "a,dns-binding=yes"
+                .parse::<SandboxSpec>()
+                .unwrap_err()
+                .to_string(),
+            "sandbox `a,dns-binding=yes`: dns-binding=yes: not on or off"
+        );
         assert!(matches!(
             "a,netns=".parse::<SandboxSpec>(),
             Err(SpecError::BadNetns { .. })

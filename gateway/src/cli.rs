@@ -163,8 +163,8 @@ pub struct RunArgs {
     /// A sandbox: its cgroup v2 directory (absolute, or relative to the cgroup2 mount),
     /// optionally its network namespace file, and changes to the config's policy with the
     /// names of exec's policy flags (port=N, http-port=N, allow-host=P, deny-host=P,
-    /// allow-cidr=C, deny-cidr=C, allow-tcp-port=N, allow-udp-port=N), and the secrets it is
-    /// given (secret=NAME). Repeatable.
+    /// allow-cidr=C, deny-cidr=C, allow-tcp-port=N, allow-udp-port=N, dns-binding=on|off), and
+    /// the secrets it is given (secret=NAME). Repeatable.
     #[arg(long = "sandbox", value_name = "CGROUP[,netns=PATH][,OPTION=VALUE]...")]
     pub sandboxes: Vec<SandboxSpec>,
     /// bpffs directory where maps and links are pinned.
@@ -233,6 +233,25 @@ pub struct PolicyArgs {
     /// UDP port the command may send to.
     #[arg(long = "allow-udp-port", value_name = "PORT", value_parser = port)]
     pub allow_udp_ports: Vec<u16>,
+    /// Whether an SNI or Host must be a name DNS answered for the dialled address (replaces
+    /// dns_binding; unset, it is on when allow_hosts is set).
+    #[arg(long = "dns-binding", value_name = "on|off", value_enum)]
+    pub dns_binding: Option<Switch>,
+}
+
+/// A setting turned `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+impl From<Switch> for bool {
+    fn from(switch: Switch) -> bool {
+        switch == Switch::On
+    }
 }
 
 impl PolicyArgs {
@@ -257,6 +276,7 @@ impl PolicyArgs {
             deny_hosts: self.deny_hosts.clone(),
             block_quic: None,
             require_sni: None,
+            dns_binding: self.dns_binding.map(bool::from),
         })
     }
 }
@@ -385,14 +405,40 @@ mod tests {
         assert_eq!(overrides.allow_tcp_ports, vec![22]);
         assert_eq!(overrides.tls_ports.unwrap().as_slice(), &[8443]);
         assert_eq!(overrides.http_ports, None);
+        assert_eq!(overrides.dns_binding, None);
         for bad in [
             &["--allow-host", "a b"][..],
+            &["--dns-binding", "yes"],
             &["--allow-cidr", "10.1.2.3/8"],
             &["--allow-tcp-port", "0"],
         ] {
             let argv = ["gateway", "exec"].iter().chain(bad).chain(&["--", "true"]);
             assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn dns_binding_is_on_or_off_for_exec_and_sandbox_add() {
+        let binding = |argv: &[&str]| {
+            let policy = match Cli::try_parse_from(argv).unwrap().command {
+                Command::Exec(args) => args.policy,
+                Command::Sandbox(SandboxCommand::Add(args)) => args.policy,
+                other => panic!("{other:?}"),
+            };
+            policy.overrides().unwrap().dns_binding
+        };
+        let exec = ["gateway", "exec", "--dns-binding", "off", "--", "true"];
+        assert_eq!(binding(&exec), Some(false));
+        let add = [
+            "gateway",
+            "sandbox",
+            "add",
+            "--cgroup",
+            "a",
+            "--dns-binding",
+            "on",
+        ];
+        assert_eq!(binding(&add), Some(true));
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::{
     net::{ClientAddr, DialError, OrigDst, dial},
     policy::{
         PortKind, Refusal, Route, SandboxPolicy,
+        bound::BoundNames,
         route::{First, Forbid, Intercept, Splice},
     },
     relay::{RelayError, RelayStats, Timeouts, relay, splice},
@@ -364,7 +365,8 @@ async fn try_handle(
     if let First::Hello(hello) = &first {
         info.sni = hello.sni.as_ref().map(ToString::to_string);
     }
-    let route = policy.route(dst, &first);
+    let bound = policy.bound(dst.0.ip(), ctx.dns_bindings.as_ref());
+    let route = policy.route(dst, &first, &bound);
     info.mode = Mode::of(&route);
     ctx.stats.opened(info.mode);
     info.counted = true;
@@ -411,7 +413,11 @@ async fn try_handle(
             Box::pin(forbid_tls(stream, prefix, &alpn_offer, forbid, ctx)).await
         }
         Route::PlainHttp => {
-            let judge = Arc::new(NameJudge(Arc::clone(policy)));
+            let judge = Arc::new(NameJudge {
+                policy: Arc::clone(policy),
+                dst,
+                bound: Arc::clone(&ctx.dns_bindings) as Arc<dyn BoundNames>,
+            });
             let filter = secrets_filter(state, ctx, true);
             Ok(Box::pin(http::plain::proxy(
                 stream,
@@ -517,12 +523,19 @@ async fn forbid_tls(
     Ok(http::deny::forbid(client, alpn, &forbid.sni, &reason, ctx.tag(), ctx.timeouts).await?)
 }
 
-/// The sandbox's name rules, as the HTTP path asks them about each request's Host.
-struct NameJudge(Arc<SandboxPolicy>);
+/// The sandbox's name rules and DNS binding, as the HTTP path asks them about each request's
+/// Host on a connection to `dst`.
+struct NameJudge {
+    policy: Arc<SandboxPolicy>,
+    dst: OrigDst,
+    bound: Arc<dyn BoundNames>,
+}
 
 impl HostJudge for NameJudge {
     fn judge(&self, host: &HostName) -> Verdict {
-        match self.0.names.judge(host) {
+        // Looked up per request: bindings expire and are renewed during a keep-alive connection.
+        let bound = self.policy.bound(self.dst.0.ip(), self.bound.as_ref());
+        match self.policy.judge_host(self.dst, host, &bound) {
             Ok(()) => Verdict::Allow,
             Err(denial) => Verdict::Deny {
                 reason: denial.to_string(),
@@ -623,5 +636,86 @@ fn log_close(
                 "connection failed"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{net::IpAddr, path::Path, sync::Mutex};
+
+    use gateway_proto::config::Config;
+
+    use super::*;
+    use crate::{policy::TlsPolicy, secrets::SecretScope};
+
+    /// A table whose names for every address the test changes between requests.
+    #[derive(Debug, Default)]
+    struct Table(Mutex<Vec<HostName>>);
+
+    impl Table {
+        fn bind(&self, names: &[&str]) {
+            *self.0.lock().unwrap() = names.iter().map(|n| HostName::parse(n).unwrap()).collect();
+        }
+    }
+
+    impl BoundNames for Table {
+        fn names(&self, _addr: IpAddr) -> Vec<HostName> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn judge(config: &str, table: &Arc<Table>) -> NameJudge {
+        let config = Config::parse(config, Path::new("test.toml")).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = Arc::new(TlsPolicy::new(&config.tls, &provider).unwrap());
+        NameJudge {
+            policy: Arc::new(SandboxPolicy::new(
+                config.policy,
+                tls,
+                SecretScope::default(),
+            )),
+            dst: OrigDst("198.51.100.7:80".parse().unwrap()),
+            bound: Arc::clone(table) as Arc<dyn BoundNames>,
+        }
+    }
+
+    fn verdict(judge: &NameJudge, host: &str) -> Verdict {
+        judge.judge(&HostName::parse(host).unwrap())
+    }
+
+    #[test]
+    fn plain_http_hosts_must_be_bound_at_each_request_when_binding_is_on() {
+        let table = Arc::new(Table::default());
+        let judge = judge("[policy]\nallow_hosts = [\"*.plain.test\"]\n", &table);
+        table.bind(&["a.plain.test"]);
+        assert_eq!(verdict(&judge, "A.Plain.Test."), Verdict::Allow);
+        assert_eq!(
+            verdict(&judge, "b.plain.test"),
+            Verdict::Deny {
+                reason: "Host spoofing: b.plain.test is not a name DNS gave this sandbox for \
+                         198.51.100.7 (names bound: a.plain.test)"
+                    .into()
+            }
+        );
+        // The binding expired between two requests of one connection.
+        table.bind(&[]);
+        assert!(matches!(
+            verdict(&judge, "a.plain.test"),
+            Verdict::Deny { .. }
+        ));
+        assert_eq!(
+            verdict(&judge, "other.test"),
+            Verdict::Deny {
+                reason: "allow_hosts (no pattern matches)".into()
+            }
+        );
+    }
+
+    #[test]
+    fn plain_http_hosts_are_judged_by_the_name_rules_alone_when_binding_is_off() {
+        let table = Arc::new(Table::default());
+        let judge = judge("[policy]\ndeny_hosts = [\"bad.test\"]\n", &table);
+        assert_eq!(verdict(&judge, "any.test"), Verdict::Allow);
+        assert!(matches!(verdict(&judge, "bad.test"), Verdict::Deny { .. }));
     }
 }

@@ -197,7 +197,6 @@ mod observed;
 mod sandbox_dns;
 
 use observed::{Attached, AttachedSandbox, EbpfMetrics};
-pub use sandbox_dns::dns_binding;
 
 /// The running gateway: loaded programs, and one listener (and accept tasks) per sandbox.
 #[derive(Debug)]
@@ -493,9 +492,7 @@ impl Engine {
                     .spawn(listener::serve(listener, Arc::clone(&context)))
             })
             .collect();
-        let rules = state
-            .policy
-            .rules(id, listener_port, dns_port, dns_binding(&state.policy));
+        let rules = state.policy.rules(id, listener_port, dns_port);
         let attached = match origin {
             Origin::New => self.programs.attach(cgroup, &rules),
             Origin::Adopted { .. } => self.programs.adopt(cgroup, &rules),
@@ -749,12 +746,9 @@ impl Engine {
             let Some(served) = self.served.get_mut(&name) else {
                 continue;
             };
-            let rules = state.policy.rules(
-                served.id,
-                served.listener_port,
-                served.dns_port,
-                dns_binding(&state.policy),
-            );
+            let rules = state
+                .policy
+                .rules(served.id, served.listener_port, served.dns_port);
             self.programs
                 .update_rules(served.cgroup_id, &served.rules, &rules)?;
             served.rules = rules;

@@ -5,7 +5,8 @@
 //! the engine with its programs attached, the trust material) and starts the single-threaded
 //! helper `gateway __exec-init` inside the cgroup and netns ([`init`]); the helper gives the
 //! command private mount, cgroup and PID namespaces, read-only cgroup2, the distribution's
-//! bundle paths holding the gateway CA, and the target user without capabilities.
+//! bundle paths holding the gateway CA, a resolv.conf sending DNS to the gateway, and the target
+//! user without capabilities.
 //!
 //! Lifetimes chain with PR_SET_PDEATHSIG: exec → helper → PID 1 of the namespace → everything
 //! in it. So `kill -9` of exec takes the whole sandbox down; the cgroup such an exec leaves

@@ -1,9 +1,11 @@
 //! Policy: what a sandbox may reach and how. [`SandboxPolicy`] is one sandbox's resolved
 //! policy (the config's `[policy]` with the sandbox's overrides); [`addr`] holds its address
-//! rules, [`route`] the decision for each connection that reaches the gateway; the eBPF
-//! programs enforce the address and port parts on every connect and send.
+//! rules, [`route`] the decision for each connection that reaches the gateway, [`bound`] what
+//! DNS binding adds to it; the eBPF programs enforce the address and port parts on every
+//! connect and send.
 
 pub mod addr;
+pub mod bound;
 pub mod refusals;
 pub mod route;
 
@@ -22,8 +24,11 @@ use gateway_proto::{
 use rustls::crypto::CryptoProvider;
 use tracing::warn;
 
-use self::addr::{Action, AddrRules};
 pub use self::route::{Refusal, Route};
+use self::{
+    addr::{Action, AddrRules},
+    bound::{Bound, BoundNames},
+};
 use crate::{
     ebpf::SandboxRules,
     sandbox::SandboxId,
@@ -139,22 +144,32 @@ impl SandboxPolicy {
             && self.config.allow_tcp_ports.contains(port)
     }
 
+    /// Whether DNS binding is enforced for this sandbox (see
+    /// [`PolicyConfig::dns_binding_effective`]).
+    pub fn dns_binding(&self) -> bool {
+        self.config.dns_binding_effective()
+    }
+
+    /// What DNS binding says about a connection to `addr`: not enforced, or the names `table`
+    /// holds for it. The table is asked only when binding is on.
+    pub fn bound(&self, addr: IpAddr, table: &dyn BoundNames) -> Bound {
+        if self.dns_binding() {
+            Bound::Names(table.names(addr.to_canonical()))
+        } else {
+            Bound::NotEnforced
+        }
+    }
+
     /// The eBPF map entries enforcing this policy for sandbox `id`, whose listener is on
     /// `listener_port` and DNS service on `dns_port` (0: none, DNS goes only to the
-    /// resolvers). With `dns_binding`, connects and sends to addresses no DNS answer gave the
+    /// resolvers). With DNS binding on, connects and sends to addresses no DNS answer gave the
     /// sandbox (and no `allow_cidrs` rule allows) are refused.
-    pub fn rules(
-        &self,
-        id: SandboxId,
-        listener_port: u16,
-        dns_port: u16,
-        dns_binding: bool,
-    ) -> SandboxRules {
+    pub fn rules(&self, id: SandboxId, listener_port: u16, dns_port: u16) -> SandboxRules {
         let mut flags = 0;
         if self.config.block_quic {
             flags |= SandboxConf::BLOCK_QUIC;
         }
-        if dns_binding {
+        if self.dns_binding() {
             flags |= SandboxConf::DNS_BINDING;
         }
         let mut rules = SandboxRules::new(id.0, listener_port, flags, dns_port);
@@ -217,7 +232,7 @@ mod tests {
             ..PolicyConfig::default()
         };
         let policy = policy(config);
-        let rules = policy.rules(SandboxId(7), 4000, 5353, false);
+        let rules = policy.rules(SandboxId(7), 4000, 5353);
         let ports: Vec<(u16, u8, u32)> = rules
             .ports
             .iter()
@@ -234,7 +249,11 @@ mod tests {
         );
         assert_eq!(rules.flags, SandboxConf::BLOCK_QUIC);
         assert_eq!((rules.listener_port, rules.dns_port), (4000, 5353));
-        let binding = policy.rules(SandboxId(7), 4000, 5353, true);
+        let binding = self::policy(PolicyConfig {
+            dns_binding: Some(true),
+            ..PolicyConfig::default()
+        })
+        .rules(SandboxId(7), 4000, 5353);
         assert_eq!(
             binding.flags,
             SandboxConf::BLOCK_QUIC | SandboxConf::DNS_BINDING

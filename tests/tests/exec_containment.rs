@@ -2,8 +2,9 @@
 //! redirection, has no capabilities, cannot reach BPF or other network namespaces; the command
 //! runs as the sudo invoker or `--user`; `kill -9` of exec takes every process of the sandbox
 //! down and the next exec removes what was left; clients that ignore SSL_CERT_FILE (GnuTLS wget
-//! and git, OpenSSL's hashed directory) trust the gateway, and the host's trust files stay as
-//! they were. Each test runs real programs inside exec against an upstream in its own netns.
+//! and git, OpenSSL's hashed directory) trust the gateway, resolv.conf names the gateway's DNS
+//! (also through a systemd-resolved style link), and the host's trust files and resolv.conf stay
+//! as they were. Each test runs real programs inside exec against an upstream in its own netns.
 #![expect(
     clippy::unwrap_used,
     reason = "a test fails loudly, with the error, on any setup failure"
@@ -518,4 +519,115 @@ fn the_hashed_directory_holds_the_gateway_ca_and_host_files_stay_unchanged() {
     );
 
     assert_eq!(host_trust_state(), before, "the host's trust files changed");
+}
+
+/// The nameserver exec's resolv.conf names: the loopback address, whose port 53 the programs
+/// redirect to the sandbox's DNS service.
+const GATEWAY_NAMESERVER: &str = "nameserver 127.0.0.1";
+
+/// The `nameserver` lines of a resolv.conf.
+fn nameservers(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|line| line.starts_with("nameserver"))
+        .collect()
+}
+
+#[test]
+fn resolv_conf_names_the_gateway_inside_and_the_hosts_stays_unchanged() {
+    require_root().unwrap();
+    let _execs = shared();
+    let home = home(None);
+    let before = std::fs::read("/etc/resolv.conf").ok();
+
+    // uid 0 tries to point its resolver elsewhere.
+    let script = "cat /etc/resolv.conf; \
+                  echo 'nameserver 192.0.2.1' >> /etc/resolv.conf 2>/dev/null; echo append=$?";
+    let (output, _) = gateway_exec(home.path(), &[], &[], &["sh", "-c", script]);
+    let stdout = stdout_ok(&output).unwrap();
+    assert_eq!(nameservers(&stdout), [GATEWAY_NAMESERVER], "{stdout}");
+    assert!(
+        !stdout.contains("append=0"),
+        "resolv.conf was writable: {stdout}"
+    );
+
+    assert_eq!(
+        std::fs::read("/etc/resolv.conf").ok(),
+        before,
+        "the host's resolv.conf changed"
+    );
+}
+
+/// `command` run by `sh -c setup` in a private mount namespace of its own: what `setup` mounts
+/// there is seen by `command` and by nothing else on the host.
+fn in_private_mounts(setup: &str, command: &Command) -> Command {
+    let mut wrapped = cmd(
+        "unshare",
+        ["--mount", "--propagation", "private", "sh", "-c"],
+    );
+    wrapped
+        .arg(format!("{setup} && exec \"$@\""))
+        .arg("sh")
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    if let Some(dir) = command.get_current_dir() {
+        wrapped.current_dir(dir);
+    }
+    wrapped
+}
+
+#[test]
+fn a_resolv_conf_link_is_covered_where_it_leads() {
+    require_root().unwrap();
+    let _execs = shared();
+    let home = home(None);
+    // systemd-resolved's layout, made in this test's own view of /etc (an overlay whose upper
+    // layer is a temporary directory): /etc/resolv.conf -> ../<dir>/run/stub-resolv.conf.
+    let dir = tempfile::tempdir().unwrap();
+    let (upper, work, run_dir) = (
+        dir.path().join("upper"),
+        dir.path().join("work"),
+        dir.path().join("run"),
+    );
+    for made in [&upper, &work, &run_dir] {
+        std::fs::create_dir(made).unwrap();
+    }
+    let stub = run_dir.join("stub-resolv.conf");
+    let stub_text = "nameserver 192.0.2.53\noptions edns0 trust-ad\n";
+    std::fs::write(&stub, stub_text).unwrap();
+    let link = format!("..{}", stub.display());
+    let setup = format!(
+        "mount -t overlay overlay -o lowerdir=/etc,upperdir={},workdir={} /etc \
+         && ln -sfn {link} /etc/resolv.conf",
+        upper.display(),
+        work.display(),
+    );
+    let host_before = std::fs::read("/etc/resolv.conf").ok();
+
+    let script = "readlink /etc/resolv.conf; cat /etc/resolv.conf";
+    let exec = exec_command(home.path(), &[], &[], &["sh", "-c", script]);
+    let output = in_private_mounts(&setup, &exec).output().unwrap();
+    let stdout = stdout_ok(&output).unwrap();
+    assert_eq!(
+        stdout.lines().next(),
+        Some(link.as_str()),
+        "still a link: {stdout}"
+    );
+    assert_eq!(nameservers(&stdout), [GATEWAY_NAMESERVER], "{stdout}");
+
+    assert_eq!(
+        std::fs::read_to_string(&stub).unwrap(),
+        stub_text,
+        "the link's target changed"
+    );
+    assert_eq!(
+        std::fs::read("/etc/resolv.conf").ok(),
+        host_before,
+        "the host's resolv.conf changed"
+    );
 }

@@ -446,13 +446,10 @@ fn denied_names_get_a_403_page_over_h1_and_h2_and_the_upstream_sees_nothing() {
 fn allow_list_mode_forbids_other_names_and_denied_bypass_names_get_an_alert() {
     let env = Env::new();
     let site = names_site(&env);
-    // An allow-list of names turns DNS binding on; the site's address is allowed outright, so
-    // curl's --resolve (no lookup through the gateway) still reaches it.
+    // Names only: curl dials the address itself (--resolve), so no DNS answer binds the names
+    // there, which an allow-list's DNS binding would otherwise require.
     let mut daemon = env.daemon(
-        &format!(
-            ",allow-host=allowed.test,allow-host=*.bank.test,allow-cidr={}/32",
-            site.host.v4
-        ),
+        ",allow-host=allowed.test,allow-host=*.bank.test,dns-binding=off",
         // Appended to the [tls] table of the trusted config.
         "bypass = [\"*.bank.test\"]\n[policy]\ndeny_hosts = [\"pay.bank.test\"]\n",
     );

@@ -37,6 +37,10 @@ pub struct PolicyConfig {
     pub require_sni: bool,
     /// Whose `nameserver` lines are the resolvers a sandbox may send DNS (port 53) to.
     pub resolv_conf: FilePath,
+    /// Whether an SNI or Host must be a name DNS gave the sandbox for the dialled address
+    /// (and an address no answer gave it is refused); unset means on for allow-lists, see
+    /// [`PolicyConfig::dns_binding_effective`].
+    pub dns_binding: Option<bool>,
 }
 
 impl Default for PolicyConfig {
@@ -53,6 +57,7 @@ impl Default for PolicyConfig {
             deny_hosts: Vec::new(),
             require_sni: false,
             resolv_conf: FilePath::from("/etc/resolv.conf"),
+            dns_binding: None,
         }
     }
 }
@@ -80,6 +85,8 @@ pub struct PolicyOverrides {
     pub block_quic: Option<bool>,
     /// Replaces `require_sni`.
     pub require_sni: Option<bool>,
+    /// Replaces `dns_binding`.
+    pub dns_binding: Option<bool>,
 }
 
 /// Why a sandbox's policy could not be made.
@@ -143,6 +150,7 @@ impl PolicyConfig {
             deny_hosts: concat(&self.deny_hosts, &overrides.deny_hosts),
             require_sni: overrides.require_sni.unwrap_or(self.require_sni),
             resolv_conf: self.resolv_conf.clone(),
+            dns_binding: overrides.dns_binding.or(self.dns_binding),
         };
         merged.check_ports()?;
         Ok(merged)
@@ -180,6 +188,15 @@ impl PolicyConfig {
                 reason: error.to_string(),
             }
         })
+    }
+
+    /// Whether DNS binding is enforced: `dns_binding` when set, else on exactly when the
+    /// policy is an allow-list. An allow-list is only as strong as the link between a name
+    /// and the address dialled: without binding, a sandbox could claim an allowed name while
+    /// dialling any address its address rules let through.
+    #[must_use]
+    pub fn dns_binding_effective(&self) -> bool {
+        self.dns_binding.unwrap_or(!self.allow_hosts.is_empty())
     }
 
     /// The name rules of this policy.
@@ -337,6 +354,42 @@ mod tests {
         assert_eq!(merged.allow_tcp_ports, ports(&[22, 2222]));
         assert_eq!(merged.deny_hosts, patterns(&["a.test", "b.test"]));
         assert!(!merged.block_quic);
+    }
+
+    #[test]
+    fn dns_binding_is_the_setting_else_on_for_allow_lists() {
+        let allow_list = PolicyConfig {
+            allow_hosts: patterns(&["a.test"]),
+            ..PolicyConfig::default()
+        };
+        assert!(!PolicyConfig::default().dns_binding_effective());
+        assert!(allow_list.dns_binding_effective());
+        let set = |base: &PolicyConfig, value| {
+            base.with_overrides(&PolicyOverrides {
+                dns_binding: value,
+                ..PolicyOverrides::default()
+            })
+            .unwrap()
+            .dns_binding_effective()
+        };
+        assert!(!set(&allow_list, Some(false)));
+        assert!(set(&PolicyConfig::default(), Some(true)));
+        assert!(set(&allow_list, None));
+        // Hosts added by a sandbox make its policy an allow-list too.
+        let added = PolicyConfig::default()
+            .with_overrides(&PolicyOverrides {
+                allow_hosts: patterns(&["b.test"]),
+                ..PolicyOverrides::default()
+            })
+            .unwrap();
+        assert!(added.dns_binding_effective());
+        // A config's explicit setting holds unless the sandbox replaces it.
+        let off = PolicyConfig {
+            dns_binding: Some(false),
+            ..allow_list.clone()
+        };
+        assert!(!set(&off, None));
+        assert!(set(&off, Some(true)));
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct SandboxTable {
     /// Added to `[policy] deny_hosts`.
     #[serde(default)]
     pub deny_hosts: Vec<Pattern>,
+    /// Replaces `[policy] dns_binding`.
+    #[serde(default)]
+    pub dns_binding: Option<bool>,
     /// The `[[secrets]]` it is given.
     #[serde(default)]
     pub secrets: Vec<SecretName>,
@@ -87,6 +90,7 @@ impl SandboxTable {
                 deny_hosts: self.deny_hosts.clone(),
                 block_quic: None,
                 require_sni: None,
+                dns_binding: self.dns_binding,
             },
             secrets: self.secrets.clone(),
         }

@@ -488,11 +488,11 @@ fn secrets_are_checked_with_the_key_and_line() {
 #[test]
 fn sandbox_tables_become_specs_and_need_known_secrets() {
     let text = "[[sandbox]]\ncgroup = \"/cg/agent1\"\nname = \"agent1\"\nallow_tcp_ports = [22]\n\
-                allow_hosts = [\"*.github.com\"]\n";
+                allow_hosts = [\"*.github.com\"]\ndns_binding = false\n";
     let spec = parse(text).unwrap().sandbox[0].to_spec();
     assert_eq!(
         spec.to_string(),
-        "/cg/agent1,name=agent1,allow-tcp-port=22,allow-host=*.github.com"
+        "/cg/agent1,name=agent1,allow-tcp-port=22,allow-host=*.github.com,dns-binding=off"
     );
     assert_eq!(
         error_text("[[sandbox]]\ncgroup = \"/cg/a\"\nsecrets = [\"NOPE\"]\n"),
@@ -580,4 +580,13 @@ fn dns_errors_name_the_key_and_line() {
             "{text:?}\n{error}"
         );
     }
+}
+
+#[test]
+fn dns_binding_is_unset_unless_written() {
+    assert_eq!(parse("").unwrap().policy.dns_binding, None);
+    let off = parse("[policy]\ndns_binding = false\nallow_hosts = [\"a.test\"]\n").unwrap();
+    assert_eq!(off.policy.dns_binding, Some(false));
+    assert!(!off.policy.dns_binding_effective());
+    assert!(error_text("[policy]\ndns_binding = \"on\"\n").contains("dns_binding"));
 }

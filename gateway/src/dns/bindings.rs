@@ -22,6 +22,8 @@ use std::{
 
 use gateway_proto::HostName;
 
+use crate::policy::bound::BoundNames;
+
 /// Addresses kept per sandbox. Past this, expired ones go first, then the one whose binding
 /// ends soonest (it is unbound in the kernel too).
 pub const MAX_ADDRS: usize = 16_384;
@@ -90,6 +92,13 @@ impl fmt::Debug for SandboxBindings {
         f.debug_struct("SandboxBindings")
             .field("addresses", &self.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// What the route decision asks: the names DNS gave this sandbox for an address.
+impl BoundNames for SandboxBindings {
+    fn names(&self, addr: IpAddr) -> Vec<HostName> {
+        SandboxBindings::names(self, addr)
     }
 }
 

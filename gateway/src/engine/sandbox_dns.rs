@@ -24,13 +24,6 @@ use crate::{
     sandbox::{SandboxId, netns::NetNs},
 };
 
-/// Whether the eBPF programs refuse a sandbox's connects and sends to addresses no DNS answer
-/// gave it. The one place that decides it: on while the policy is an allow-list of names (until
-/// the `[policy] dns_binding` key replaces this).
-pub fn dns_binding(policy: &crate::policy::SandboxPolicy) -> bool {
-    !policy.config.allow_hosts.is_empty()
-}
-
 /// Binds a sandbox's DNS sockets: UDP and TCP on 127.0.0.1 and ::1 (when the namespace has
 /// it), one port for all, `preferred` when it is free (an adopted sandbox keeps the port its
 /// pinned config names, which its connected sockets point at), else any free one.
@@ -215,7 +208,7 @@ mod tests {
             ..PolicyConfig::default()
         };
         let state = state(policy);
-        assert!(!dns_binding(&state.policy));
+        assert!(!state.policy.dns_binding());
         let sink = Arc::new(Recorded::default());
         let hooks = Hooks {
             state: Arc::new(RwLock::new(state)),
@@ -240,6 +233,6 @@ mod tests {
             allow_hosts: vec![pattern("ok.test")],
             ..PolicyConfig::default()
         });
-        assert!(dns_binding(&state.policy));
+        assert!(state.policy.dns_binding());
     }
 }

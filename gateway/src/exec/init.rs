@@ -7,7 +7,8 @@
 //!
 //! 1. `unshare(CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWPID)`, mounts private, the kernel's
 //!    control filesystems (cgroup2 first of all) read-only, the trust material over the
-//!    distribution's bundle paths ([`mounts`], [`trust::overlays`]);
+//!    distribution's bundle paths and a resolv.conf naming the gateway's DNS over the system's
+//!    ([`mounts`], [`trust::overlays`]);
 //! 2. forks PID 1 of the new PID namespace ([`pid1`]), which dies with the helper, mounts its
 //!    own /proc, drops privileges and starts the command;
 //! 3. forwards SIGINT/SIGTERM to PID 1 and exits with its exit code.
@@ -59,7 +60,7 @@ pub struct InitArgs {
     /// Supplementary group ids, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub groups: Vec<u32>,
-    /// exec's trust directory, mounted over the distribution's bundle paths.
+    /// exec's trust directory, mounted over the distribution's bundle paths and resolv.conf.
     #[arg(long, value_name = "DIR")]
     pub trust_dir: Option<PathBuf>,
     /// The command and its arguments.

@@ -1,10 +1,11 @@
 //! The trust material of `gateway exec`: system roots plus the gateway CA, as one bundle file
-//! (named by `SSL_CERT_FILE` and friends) and as a copy of OpenSSL's hashed directory.
+//! (named by `SSL_CERT_FILE` and friends) and as a copy of OpenSSL's hashed directory; and the
+//! resolver configuration that sends the command's DNS to its gateway.
 //!
-//! The parent writes both into a directory of its own; the helper bind-mounts them over the
+//! The parent writes them into a directory of its own; the helper bind-mounts them over the
 //! distribution's paths inside its private mount namespace ([`overlays`]), so clients that
-//! ignore the environment (GnuTLS wget and git, Go) trust forged certificates too. The host's
-//! files are never written.
+//! ignore the environment (GnuTLS wget and git, Go) trust forged certificates too, and every
+//! resolver library asks the gateway's DNS service. The host's files are never written.
 
 use std::{
     fs,
@@ -53,6 +54,17 @@ pub const SYSTEM_BUNDLES: [&str; 3] = [
     "/etc/pki/tls/certs/ca-bundle.crt",
 ];
 
+/// The resolver configuration inside the trust directory.
+pub const RESOLV_FILE: &str = "resolv.conf";
+/// Where resolver libraries (glibc, musl, Go's) read their nameservers.
+pub const SYSTEM_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// The command's resolver configuration: port 53 of any address is redirected by the eBPF
+/// programs to the sandbox's DNS service, so the loopback address reaches it from the host's
+/// network namespace and from a fresh one (which has only `lo`) alike. Nothing else: `search`
+/// domains and options of the host's file would only make names the sandbox did not write.
+pub const RESOLV_CONF: &str =
+    "# gateway exec: DNS is answered by the gateway of this sandbox\nnameserver 127.0.0.1\n";
+
 /// The trust directory of one exec, removed with this value.
 #[derive(Debug)]
 pub struct TrustBundle {
@@ -72,6 +84,7 @@ impl TrustBundle {
         let trust = TrustBundle { dir };
         let combined = combined_bundle(ca_pem);
         write_new(&trust.bundle(), &combined)?;
+        write_new(&trust.dir.join(RESOLV_FILE), RESOLV_CONF)?;
         if Path::new(SYSTEM_CERTS_DIR).is_dir() {
             trust.write_hashed_dir(&combined, ca_pem)?;
         }
@@ -123,8 +136,9 @@ impl Drop for TrustBundle {
 }
 
 /// What the helper mounts, source over target: the copied hashed directory over the system's,
-/// and the combined bundle over every other distribution bundle path that exists. Paths inside
-/// the hashed directory are covered by its copy.
+/// the combined bundle over every other distribution bundle path that exists (paths inside
+/// the hashed directory are covered by its copy), and the resolver configuration over the
+/// system's ([`resolv_conf_overlay`]).
 pub fn overlays(trust_dir: &Path) -> Vec<(PathBuf, PathBuf)> {
     let mut overlays = Vec::new();
     let certs = trust_dir.join(CERTS_DIR);
@@ -138,7 +152,35 @@ pub fn overlays(trust_dir: &Path) -> Vec<(PathBuf, PathBuf)> {
         }
         overlays.push((trust_dir.join(BUNDLE_FILE), path.to_path_buf()));
     }
+    overlays.extend(resolv_conf_overlay(
+        trust_dir,
+        Path::new(SYSTEM_RESOLV_CONF),
+    ));
     overlays
+}
+
+/// The exec's resolver configuration over the file `system` names. When `system` is a symbolic
+/// link (systemd-resolved's `/etc/resolv.conf -> ../run/systemd/resolve/stub-resolv.conf`) the
+/// mount goes over the file it leads to, so the link still reads as a link and every path to
+/// that file shows the gateway's nameserver. None when no such file exists (missing, or a
+/// dangling link): a mount needs a file to cover, and without one glibc and musl already ask
+/// 127.0.0.1, which is where the configuration would point them.
+pub fn resolv_conf_overlay(trust_dir: &Path, system: &Path) -> Option<(PathBuf, PathBuf)> {
+    let source = trust_dir.join(RESOLV_FILE);
+    if !source.is_file() {
+        return None;
+    }
+    match fs::canonicalize(system) {
+        Ok(target) if target.is_file() => Some((source, target)),
+        Ok(target) => {
+            warn!(file = %system.display(), target = %target.display(), "the resolver configuration is not a file; the command keeps it");
+            None
+        }
+        Err(err) => {
+            info!(file = %system.display(), error = %err, "no resolver configuration to cover; resolvers default to 127.0.0.1");
+            None
+        }
+    }
 }
 
 /// Removes the trust directories of exec processes that died without cleaning up.
@@ -281,5 +323,71 @@ mod tests {
             Some("A")
         );
         assert_eq!(free_hash_name(&copy, "abcd0123"), copy.join("abcd0123.1"));
+    }
+
+    /// A trust directory holding the resolver configuration, and a directory standing for the
+    /// host's paths.
+    fn resolv_dirs() -> (tempfile::TempDir, tempfile::TempDir) {
+        let trust = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        write_new(&trust.path().join(RESOLV_FILE), RESOLV_CONF).unwrap_or_else(|e| panic!("{e}"));
+        let host = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        (trust, host)
+    }
+
+    #[test]
+    fn the_resolver_configuration_covers_the_file_or_what_its_link_leads_to() {
+        let (trust, host) = resolv_dirs();
+        let source = trust.path().join(RESOLV_FILE);
+        let host = host.path();
+        let file = host.join("resolv.conf");
+        fs::write(&file, "nameserver 192.0.2.1\n").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            resolv_conf_overlay(trust.path(), &file),
+            Some((source.clone(), file.clone()))
+        );
+        // systemd-resolved's layout: a relative link, here through a second link.
+        fs::create_dir(host.join("run")).unwrap_or_else(|e| panic!("{e}"));
+        fs::write(host.join("run/stub-resolv.conf"), "nameserver 127.0.0.53\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        symlink("run/stub-resolv.conf", host.join("resolv.link")).unwrap_or_else(|e| panic!("{e}"));
+        symlink("resolv.link", host.join("etc-resolv.conf")).unwrap_or_else(|e| panic!("{e}"));
+        let real =
+            fs::canonicalize(host.join("run/stub-resolv.conf")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            resolv_conf_overlay(trust.path(), &host.join("etc-resolv.conf")),
+            Some((source, real))
+        );
+    }
+
+    #[test]
+    fn a_missing_or_dangling_resolver_configuration_is_left_alone() {
+        let (trust, host) = resolv_dirs();
+        let host = host.path();
+        assert_eq!(resolv_conf_overlay(trust.path(), &host.join("none")), None);
+        symlink("nowhere.conf", host.join("dangling")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            resolv_conf_overlay(trust.path(), &host.join("dangling")),
+            None
+        );
+        // A directory cannot take a file's bind mount.
+        assert_eq!(resolv_conf_overlay(trust.path(), host), None);
+        // Nor is anything mounted when the trust directory holds no configuration.
+        let empty = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        fs::write(host.join("resolv.conf"), "").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            resolv_conf_overlay(empty.path(), &host.join("resolv.conf")),
+            None
+        );
+    }
+
+    #[test]
+    fn the_resolver_configuration_names_only_the_loopback_nameserver() {
+        let servers = gateway_proto::resolv_conf::nameservers(RESOLV_CONF);
+        assert_eq!(
+            servers,
+            ["127.0.0.1"
+                .parse::<std::net::IpAddr>()
+                .unwrap_or_else(|e| panic!("{e}"))]
+        );
     }
 }
