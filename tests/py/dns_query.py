@@ -9,8 +9,11 @@ dns_query.py udp6-mapped SERVER NAME [A|AAAA]  an AF_INET6 socket sending to ::f
 dns_query.py tcp SERVER NAME [A|AAAA]          connect() + length-prefixed query + getpeername()
 
 SERVER is an IPv4 or IPv6 address (port 53). Output:
-{"ok": true, "rcode": 0, "answers": ["192.0.2.1", ...], "from": "ADDR:PORT", "peer": ...}
-or {"ok": false, "errno": "EPERM", "error": "..."}.
+{"ok": true, "rcode": 0, "tc": false, "answers": ["192.0.2.1", ...], "cnames": ["b.test", ...],
+ "authorities": 0, "from": "ADDR:PORT", "peer": ...}
+or {"ok": false, "errno": "EPERM", "error": "..."}. "answers" are the A and AAAA records of the
+answer section, "cnames" its CNAME targets in order, "authorities" the authority section's
+record count (the SOA of a negative answer), "tc" the truncation flag.
 """
 import errno
 import json
@@ -49,14 +52,30 @@ def skip_name(msg, pos):
         pos += 1 + length
 
 
+def read_name(msg, pos):
+    """The name at pos, following compression pointers (at most 64 of them)."""
+    labels = []
+    for _ in range(64):
+        length = msg[pos]
+        if length == 0:
+            break
+        if length & 0xC0 == 0xC0:
+            pos = ((length & 0x3F) << 8) | msg[pos + 1]
+            continue
+        labels.append(msg[pos + 1:pos + 1 + length].decode("ascii", "replace"))
+        pos += 1 + length
+    return ".".join(labels)
+
+
 def parse(msg, qid):
-    rid, flags, qd, an, _, _ = struct.unpack("!HHHHHH", msg[:12])
+    rid, flags, qd, an, ns, _ = struct.unpack("!HHHHHH", msg[:12])
     if rid != qid:
         return {"ok": False, "error": f"reply id {rid} is not the query's {qid}"}
     pos = 12
     for _ in range(qd):
         pos = skip_name(msg, pos) + 4
     answers = []
+    cnames = []
     for _ in range(an):
         pos = skip_name(msg, pos)
         rtype, _, ttl, length = struct.unpack("!HHIH", msg[pos:pos + 10])
@@ -67,7 +86,16 @@ def parse(msg, qid):
             answers.append(socket.inet_ntop(socket.AF_INET, data))
         elif rtype == 28:
             answers.append(socket.inet_ntop(socket.AF_INET6, data))
-    return {"ok": True, "rcode": flags & 0x0F, "answers": answers}
+        elif rtype == 5:
+            cnames.append(read_name(msg, pos - length))
+    return {
+        "ok": True,
+        "rcode": flags & 0x0F,
+        "tc": bool(flags & 0x0200),
+        "answers": answers,
+        "cnames": cnames,
+        "authorities": ns,
+    }
 
 
 def family(host):

@@ -13,7 +13,14 @@ use std::{
 
 use gateway::sandbox::cgroup::cgroup2_mount;
 use gateway_tests::{
-    cmd, gateway_bin, pki::TestPki, require_root, sandbox::stdout_ok, upstream::Site,
+    cmd,
+    dns::{TestDns, Zone},
+    gateway_bin,
+    net::UpstreamHost,
+    pki::TestPki,
+    require_root,
+    sandbox::stdout_ok,
+    upstream::Site,
 };
 use nix::{
     sys::signal::{Signal, kill},
@@ -133,6 +140,44 @@ fn exec_with_new_netns_still_reaches_upstream() {
     let (output, pid) = gateway_exec(home.path(), &["--netns", "new"], &argv);
     let body: Value = serde_json::from_str(&stdout_ok(&output).unwrap()).unwrap();
     assert_eq!(body["name"], "exec.test");
+    assert_nothing_left(pid, &before);
+}
+
+#[test]
+fn exec_with_new_netns_resolves_names_through_the_gateway() {
+    require_root().unwrap();
+    let pki = TestPki::new("gateway-tests upstream CA").unwrap();
+    let site = site(&pki);
+    let dns_host = UpstreamHost::new().unwrap();
+    let dns = TestDns::on_host(&dns_host, &[Zone::new("test").site(&site)]).unwrap();
+    let before = bpffs_entries();
+
+    // A namespace with only lo, a name and no --resolve: the gateway's DNS answers it.
+    let home = home(Some(&pki));
+    let mut config = std::fs::read_to_string(home.path().join("gateway.toml")).unwrap();
+    config.push_str(&format!("[dns]\nupstream = [\"{}\"]\n", dns_host.v4));
+    std::fs::write(home.path().join("gateway.toml"), config).unwrap();
+    let script = "getent hosts exec.test && curl -sS --fail --max-time 15 https://exec.test/";
+    let (output, pid) = gateway_exec(home.path(), &["--netns", "new"], &["sh", "-c", script]);
+    let text = stdout_ok(&output).unwrap();
+    let (hosts, body) = text.split_once('\n').unwrap();
+    assert!(hosts.contains("exec.test"), "{text}");
+    assert!(
+        hosts.starts_with(&site.host.v6.to_string())
+            || hosts.starts_with(&site.host.v4.to_string()),
+        "{text}"
+    );
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["name"], "exec.test");
+    // The upstream resolver was asked by the gateway, from the host's namespace.
+    let asked = dns.queries_for("exec.test");
+    assert!(!asked.is_empty(), "the resolver was not asked");
+    assert!(
+        asked
+            .iter()
+            .all(|q| q.peer.ip() == IpAddr::from(dns_host.host_v4)),
+        "{asked:?}"
+    );
     assert_nothing_left(pid, &before);
 }
 
