@@ -18,18 +18,23 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr},
+    bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr,
+    },
     btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
     helpers::generated::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns,
+        bpf_ringbuf_query,
     },
     macros::{btf_map, cgroup_sock, cgroup_sock_addr, sock_ops},
     programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use gateway_common::{
-    ADDR_KEY_BITS, AddrKey, AddrRule, BypassEvent, ClientKey, Counter, Counters, DnsBinding,
-    DnsBindingKey, DnsRedirect, OrigDstEntry, PortKey, PortRule, Reason, RefusalEvent, Refusals,
-    SandboxConf, is_v4_mapped, protocol, v4_mapped,
+    ADDR_KEY_BITS, AddrKey, AddrRule, BYPASS_EVENTS_BYTES, BYPASS_EVENTS_WAKEUP_BYTES, BypassEvent,
+    ClientKey, Counter, Counters, DnsBinding, DnsBindingKey, DnsRedirect, LRU_MAP_FLAGS,
+    OrigDstEntry, PortKey, PortRule, Reason, RefusalEvent, Refusals, SandboxConf, is_v4_mapped,
+    protocol, v4_mapped,
 };
 
 /// Reads a context field with a volatile load of exactly its width. Plain reads let LLVM merge
@@ -59,15 +64,18 @@ const MAX_CGROUP_DEPTH: i32 = 16;
 const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 const LOOPBACK6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
 
+/// See [`LRU_MAP_FLAGS`]: every LRU map below has a free list per CPU.
+const LRU: usize = LRU_MAP_FLAGS as usize;
+
 // BTF maps, so `bpftool map dump` shows field names.
 #[btf_map]
 static SANDBOXES: HashMap<u64, SandboxConf, 4096> = HashMap::new();
 
 #[btf_map]
-static PENDING: LruHashMap<u64, OrigDstEntry, 65536> = LruHashMap::new();
+static PENDING: LruHashMap<u64, OrigDstEntry, 65536, LRU> = LruHashMap::new();
 
 #[btf_map]
-static ORIG_DST: LruHashMap<ClientKey, OrigDstEntry, 65536> = LruHashMap::new();
+static ORIG_DST: LruHashMap<ClientKey, OrigDstEntry, 65536, LRU> = LruHashMap::new();
 
 #[btf_map]
 static PORT_RULES: HashMap<PortKey, PortRule, 65536> = HashMap::new();
@@ -93,21 +101,21 @@ static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 /// Addresses DNS answers gave each sandbox, written by the daemon. LRU, so a sandbox asking for
 /// endless names evicts its oldest bindings rather than failing the daemon's writes.
 #[btf_map]
-static DNS_BINDINGS: LruHashMap<DnsBindingKey, DnsBinding, 262144> = LruHashMap::new();
+static DNS_BINDINGS: LruHashMap<DnsBindingKey, DnsBinding, 262144, LRU> = LruHashMap::new();
 
 /// Original destinations of DNS rewritten to a sandbox's DNS service, by socket cookie. LRU:
 /// sockets close without telling us.
 #[btf_map]
-static DNS_REDIRECTS: LruHashMap<u64, DnsRedirect, 65536> = LruHashMap::new();
+static DNS_REDIRECTS: LruHashMap<u64, DnsRedirect, 65536, LRU> = LruHashMap::new();
 
 /// Connections bypassed at connect, until established, by socket cookie.
 #[btf_map]
-static BYPASSED: LruHashMap<u64, BypassEvent, 16384> = LruHashMap::new();
+static BYPASSED: LruHashMap<u64, BypassEvent, 16384, LRU> = LruHashMap::new();
 
-/// 64 KiB of bypass events; when the daemon falls behind, later events are dropped (the
-/// counter still counts them).
+/// Bypass events; when the daemon falls behind, later events are dropped (the counter still
+/// counts them).
 #[btf_map]
-static BYPASS_EVENTS: RingBuf<BypassEvent, { 64 * 1024 }> = RingBuf::new();
+static BYPASS_EVENTS: RingBuf<BypassEvent, { BYPASS_EVENTS_BYTES as usize }> = RingBuf::new();
 
 #[cgroup_sock_addr(connect4)]
 pub fn gateway_connect4(ctx: SockAddrContext) -> i32 {
@@ -648,8 +656,24 @@ fn report_bypass(cookie: u64) {
     };
     // Missing is fine: the LRU may have evicted it meanwhile.
     let _ = BYPASSED.remove(&cookie);
+    // The daemon drains the buffer on a timer: waking it for each connection would cost a
+    // context switch per connection, on connections that are meant to cost nothing. Only a
+    // buffer filling up wakes it early.
+    // SAFETY: the pointer is the ring buffer map itself (what aya's own `output` passes), and
+    // the query only reads its positions. aya-ebpf's BTF RingBuf has no `query` yet.
+    let unread = unsafe {
+        bpf_ringbuf_query(
+            core::ptr::addr_of!(BYPASS_EVENTS).cast_mut().cast(),
+            u64::from(BPF_RB_AVAIL_DATA),
+        )
+    };
+    let flags = if unread >= BYPASS_EVENTS_WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     // A full buffer drops the event; the counter already has it.
-    let _ = BYPASS_EVENTS.output(event, 0);
+    let _ = BYPASS_EVENTS.output(event, u64::from(flags));
 }
 
 /// The socket's local IPv4 address.

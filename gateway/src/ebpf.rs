@@ -27,8 +27,9 @@ use aya::{
     },
 };
 use gateway_common::{
-    AddrKey, AddrRule, BypassEvent, ClientKey, Counter, Counters, DnsBinding, DnsBindingKey,
-    DnsRedirect, OrigDstEntry, PortKey, PortRule, Refusals, SandboxConf, map_names,
+    AddrKey, AddrRule, BYPASS_EVENTS_BYTES, BypassEvent, ClientKey, Counter, Counters, DnsBinding,
+    DnsBindingKey, DnsRedirect, LRU_MAP_FLAGS, OrigDstEntry, PortKey, PortRule, Refusals,
+    SandboxConf, map_names,
 };
 
 pub use self::{pins::PinDir, rules::SandboxRules};
@@ -140,9 +141,10 @@ pub enum EbpfError {
     NoPins,
     /// A pinned map was made by a build with another map layout.
     #[error(
-        "pinned map {pin} ({map}) has the layout {found} (type key/value sizes); this gateway \
-         needs {expected}. It was made by another version of the gateway: run `gateway down` to \
-         detach its sandboxes and remove the pins, then start this one and add them again"
+        "pinned map {pin} ({map}) has the layout {found} (type, key/value sizes, and flags or \
+         size where they matter); this gateway needs {expected}. It was made by another version \
+         of the gateway: run `gateway down` to detach its sandboxes and remove the pins, then \
+         start this one and add them again"
     )]
     LayoutChanged {
         map: &'static str,
@@ -596,12 +598,52 @@ fn report_removal(sandbox_id: u32, map: &'static str, result: Result<(), MapErro
     }
 }
 
-/// What a map looks like, as this build's programs use it.
+/// A map as this build's programs use it: its name and [`Shape`].
 struct MapLayout {
     name: &'static str,
-    map_type: MapType,
+    shape: Shape,
+}
+
+/// What of a map must match between builds for them to share it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Shape {
+    map_type: Option<MapType>,
     key_size: usize,
     value_size: usize,
+    /// Its flags, where they change the map's behaviour ([`LRU_MAP_FLAGS`] for LRU maps).
+    flags: Option<u32>,
+    /// Its size, where the programs depend on it (a ring buffer's wakeup threshold).
+    max_entries: Option<u32>,
+}
+
+impl fmt::Display for Shape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.map_type {
+            Some(map_type) => write!(f, "{map_type:?}")?,
+            None => f.write_str("an unknown type")?,
+        }
+        write!(f, " {}/{}", self.key_size, self.value_size)?;
+        if let Some(flags) = self.flags {
+            write!(f, ", flags {flags:#x}")?;
+        }
+        if let Some(entries) = self.max_entries {
+            write!(f, ", {entries} entries")?;
+        }
+        Ok(())
+    }
+}
+
+impl Shape {
+    /// The same properties of the pinned map `info`.
+    fn of(info: &MapInfo, like: &Shape) -> Shape {
+        Shape {
+            map_type: info.map_type().ok(),
+            key_size: info.key_size() as usize,
+            value_size: info.value_size() as usize,
+            flags: like.flags.map(|_| info.map_flags()),
+            max_entries: like.max_entries.map(|_| info.max_entries()),
+        }
+    }
 }
 
 /// Every map of the object. A pinned map that does not look like this was made by another
@@ -614,22 +656,12 @@ const MAP_LAYOUTS: [MapLayout; 13] = [
     layout::<LpmKey, AddrRule>(map_names::ADDR_RULES, MapType::LpmTrie),
     layout::<AddrKey, u32>(map_names::RESOLVERS, MapType::Hash),
     layout::<u32, Refusals>(map_names::REFUSALS, MapType::PerCpuHash),
-    MapLayout {
-        name: map_names::REFUSAL_EVENTS,
-        map_type: MapType::RingBuf,
-        key_size: 0,
-        value_size: 0,
-    },
+    ring_buf(map_names::REFUSAL_EVENTS, None),
     layout::<u32, Counters>(map_names::COUNTERS, MapType::PerCpuArray),
     layout::<DnsBindingKey, DnsBinding>(map_names::DNS_BINDINGS, MapType::LruHash),
     layout::<u64, DnsRedirect>(map_names::DNS_REDIRECTS, MapType::LruHash),
     layout::<u64, BypassEvent>(map_names::BYPASSED, MapType::LruHash),
-    MapLayout {
-        name: map_names::BYPASS_EVENTS,
-        map_type: MapType::RingBuf,
-        key_size: 0,
-        value_size: 0,
-    },
+    ring_buf(map_names::BYPASS_EVENTS, Some(BYPASS_EVENTS_BYTES)),
 ];
 
 /// An LPM trie key: the prefix length, then the data.
@@ -638,9 +670,30 @@ type LpmKey = aya::maps::lpm_trie::Key<AddrKey>;
 const fn layout<K, V>(name: &'static str, map_type: MapType) -> MapLayout {
     MapLayout {
         name,
-        map_type,
-        key_size: size_of::<K>(),
-        value_size: size_of::<V>(),
+        shape: Shape {
+            map_type: Some(map_type),
+            key_size: size_of::<K>(),
+            value_size: size_of::<V>(),
+            flags: if matches!(map_type, MapType::LruHash) {
+                Some(LRU_MAP_FLAGS)
+            } else {
+                None
+            },
+            max_entries: None,
+        },
+    }
+}
+
+const fn ring_buf(name: &'static str, bytes: Option<u32>) -> MapLayout {
+    MapLayout {
+        name,
+        shape: Shape {
+            map_type: Some(MapType::RingBuf),
+            key_size: 0,
+            value_size: 0,
+            flags: None,
+            max_entries: bytes,
+        },
     }
 }
 
@@ -656,17 +709,13 @@ fn check_layouts(pins: &PinDir) -> Result<(), EbpfError> {
             map: layout.name,
             source,
         })?;
-        let same_type = info.map_type().is_ok_and(|t| t == layout.map_type);
-        let (key, value) = (info.key_size() as usize, info.value_size() as usize);
-        if !same_type || key != layout.key_size || value != layout.value_size {
+        let found = Shape::of(&info, &layout.shape);
+        if found != layout.shape {
             return Err(EbpfError::LayoutChanged {
                 map: layout.name,
                 pin: path,
-                found: format!("{:?} {key}/{value}", info.map_type().ok()),
-                expected: format!(
-                    "{:?} {}/{}",
-                    layout.map_type, layout.key_size, layout.value_size
-                ),
+                found: found.to_string(),
+                expected: layout.shape.to_string(),
             });
         }
     }

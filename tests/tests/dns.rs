@@ -417,3 +417,66 @@ fn an_expired_binding_is_unbound_again() {
     assert_eq!(line["mode"], "bypass", "{line}");
     assert_eq!(daemon.counter(Counter::BypassedAtConnect).unwrap(), 2);
 }
+
+/// Connects of the burst test (the client adds a tenth as warm-up).
+const BURST: u64 = 10_000;
+
+#[test]
+fn a_burst_of_connections_bypassed_at_connect_is_counted_and_logged_whole() {
+    require_root().unwrap();
+    // The sink: a listener on the host's side of a test link, port 443, accepting and dropping
+    // (a TLS server would make the burst slower than the daemon's reading).
+    let link = UpstreamHost::new().unwrap();
+    let sink = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sink.bind(&std::net::SocketAddr::from((link.host_v4, 443)).into())
+        .unwrap();
+    // A long accept queue, so that no SYN waits for the accepting thread.
+    sink.listen(4096).unwrap();
+    let sink = std::net::TcpListener::from(sink);
+    let sink_addr = sink.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in sink.incoming() {
+            drop(conn);
+        }
+    });
+    let fixture = DnsFixture::new(&[(link.host_v4.into(), "sink.test")], ip(NOWHERE)).unwrap();
+    let cgroup = SandboxCgroup::new().unwrap();
+    let config = format!("[tls]\nbypass = [\"sink.test\"]\n{}", fixture.config(""));
+    let mut daemon = Daemon::builder()
+        .sandbox(cgroup.path().display().to_string())
+        .config(&config)
+        .start()
+        .unwrap();
+    let answer = dns_query(&cgroup, &["udp", NOWHERE, "sink.test", "A"]).unwrap();
+    assert_answer(&answer, &[&link.host_v4.to_string()], "sink.test");
+
+    // As fast as one process can: faster than the daemon's timer reads, so the programs must
+    // wake it when the buffer fills up, or events are lost.
+    let mut connects = cmd(env!("CARGO_BIN_EXE_gateway-bench"), ["client", "connects"]);
+    connects.args([
+        "--addr",
+        &sink_addr.to_string(),
+        "--count",
+        &BURST.to_string(),
+    ]);
+    let output = cgroup
+        .output_within(&mut connects, Duration::from_secs(120))
+        .unwrap();
+    let result = json(&stdout_ok(&output).unwrap());
+    assert_eq!(result["errors"], 0, "{result}");
+    let made = BURST + BURST / 10;
+    assert_eq!(
+        daemon.counter(Counter::BypassedAtConnect).unwrap(),
+        made,
+        "not every connect was bypassed"
+    );
+    daemon
+        .wait_until("every bypass logged", Duration::from_secs(10), |d| {
+            d.summary().count("connection bypassed at connect") == made
+        })
+        .unwrap_or_else(|err| {
+            let logged = daemon.summary().count("connection bypassed at connect");
+            panic!("{err:#}: {logged} of {made} logged")
+        });
+    assert_eq!(daemon.counter(Counter::RedirectedV4).unwrap(), 0);
+}

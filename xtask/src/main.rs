@@ -141,6 +141,21 @@ fn target_dir(root: &Path) -> PathBuf {
 fn bench(root: &Path, args: &[String]) -> anyhow::Result<()> {
     let gateway = build_release(root)?;
     step("setup (bench)", script(root, "setup-bench.sh"))?;
+    // The bench finds the test DNS server next to itself.
+    step(
+        "build the test DNS server",
+        cargo(
+            root,
+            &[
+                "build",
+                "--release",
+                "-p",
+                "gateway-tests",
+                "--bin",
+                "gateway-test-dns",
+            ],
+        ),
+    )?;
     let out = root.join("bench/results/latest.md");
     let mut run = release_bin(root, "gateway-bench");
     run.arg("--gateway")

@@ -11,8 +11,9 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
+use gateway_common::BYPASS_EVENTS_POLL_MS;
 use gateway_proto::HostName;
-use tokio::io::unix::AsyncFd;
+use tokio::{io::unix::AsyncFd, time::MissedTickBehavior};
 use tracing::{info, warn};
 
 use super::observed::Attached;
@@ -117,22 +118,33 @@ pub async fn log_bypasses(events: RingBuf<MapData>, attached: Attached, metrics:
             return;
         }
     };
+    // The programs wake the reader only when the buffer fills up (see `report_bypass` in
+    // gateway-ebpf); otherwise it is read on this timer.
+    let mut tick = tokio::time::interval(Duration::from_millis(BYPASS_EVENTS_POLL_MS));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        let mut guard = match events.readable_mut().await {
-            Ok(guard) => guard,
-            Err(err) => {
-                warn!(error = %err, "bypass events failed; bypassed connections are counted but no longer logged");
-                return;
-            }
-        };
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            match Bypass::decode(&item) {
-                Some(bypass) => log_one(&bypass, &attached, &metrics),
-                None => warn!(bytes = item.len(), "undecodable bypass event"),
-            }
+        tokio::select! {
+            ready = events.readable_mut() => match ready {
+                Ok(mut guard) => {
+                    drain_bypasses(guard.get_inner_mut(), &attached, &metrics);
+                    guard.clear_ready();
+                }
+                Err(err) => {
+                    warn!(error = %err, "bypass events failed; bypassed connections are counted but no longer logged");
+                    return;
+                }
+            },
+            _ = tick.tick() => drain_bypasses(events.get_mut(), &attached, &metrics),
         }
-        guard.clear_ready();
+    }
+}
+
+fn drain_bypasses(ring: &mut RingBuf<MapData>, attached: &Attached, metrics: &Metrics) {
+    while let Some(item) = ring.next() {
+        match Bypass::decode(&item) {
+            Some(bypass) => log_one(&bypass, attached, metrics),
+            None => warn!(bytes = item.len(), "undecodable bypass event"),
+        }
     }
 }
 

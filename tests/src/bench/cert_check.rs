@@ -5,7 +5,10 @@
 use anyhow::bail;
 
 use super::{
-    mode::{BYPASS_H1, DIRECT_H1, INTERCEPT_H1, INTERCEPT_H2, INTERCEPT_SECRET_H1, Route},
+    mode::{
+        BYPASS_AT_CONNECT_H1, BYPASS_H1, DIRECT_H1, INTERCEPT_H1, INTERCEPT_H2,
+        INTERCEPT_SECRET_H1, Route,
+    },
     oha::{self, Load},
     rig::Rig,
 };
@@ -23,6 +26,7 @@ pub fn run(rig: &mut Rig) -> anyhow::Result<()> {
     for mode in [
         DIRECT_H1,
         BYPASS_H1,
+        BYPASS_AT_CONNECT_H1,
         INTERCEPT_H1,
         INTERCEPT_H2,
         INTERCEPT_SECRET_H1,

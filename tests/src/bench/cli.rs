@@ -51,6 +51,9 @@ pub struct Options {
     /// Connects per run of the connect() loop (1-1000000).
     #[arg(long, value_name = "N", default_value_t = 20_000, value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub connects: usize,
+    /// DNS lookups per run of the lookup workload (1-5000).
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = RangedU64ValueParser::<usize>::new().range(1..=5000))]
+    pub lookups: usize,
     /// Skip the h2load and wrk cross-checks.
     #[arg(long = "no-cross-checks", action = ArgAction::SetFalse)]
     pub cross_checks: bool,
@@ -121,6 +124,24 @@ pub enum Client {
         #[arg(long, default_value_t = 20_000)]
         count: usize,
     },
+    /// Timed DNS lookups, one at a time, of `<prefix><i>.<domain>` (or one name, `--same`).
+    Lookups {
+        /// The resolver asked (port 53 goes to the gateway's DNS in a sandbox).
+        #[arg(long)]
+        server: SocketAddr,
+        /// First label's prefix.
+        #[arg(long)]
+        prefix: String,
+        /// The domain the names are under.
+        #[arg(long)]
+        domain: String,
+        /// Lookups timed.
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+        /// Ask `<prefix>cached.<domain>` every time, after one untimed lookup.
+        #[arg(long)]
+        same: bool,
+    },
     /// TLS connections opened and held idle until stdin closes.
     Hold {
         /// The CA certificate (PEM) to trust.
@@ -155,6 +176,13 @@ impl Client {
                 passes,
             } => clients::handshakes(&ca, addr, &prefix, &domain, count, passes),
             Client::Connects { addr, count } => clients::connects(addr, count),
+            Client::Lookups {
+                server,
+                prefix,
+                domain,
+                count,
+                same,
+            } => clients::lookups(server, &prefix, &domain, count, same),
             Client::Hold {
                 ca,
                 addr,

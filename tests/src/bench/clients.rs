@@ -263,3 +263,85 @@ fn close_all(mut streams: Vec<StreamOwned<ClientConnection, TcpStream>>) {
         }
     }
 }
+
+/// `lookups`: one A query at a time over UDP to `server`, from one unconnected socket (as a
+/// stub resolver sends them): `<prefix><i>.<domain>` for i = 0..count, or, with `same`, the
+/// name `<prefix>cached.<domain>` count times after one untimed query. Each answer must be
+/// NOERROR with an address, and carry its question's id. Prints `{"count", "p50_us", "p99_us",
+/// "mean_us", "failures", "first_error"}`.
+pub fn lookups(
+    server: SocketAddr,
+    prefix: &str,
+    domain: &str,
+    count: usize,
+    same: bool,
+) -> anyhow::Result<()> {
+    use hickory_proto::{op::ResponseCode, rr::RecordType};
+
+    let bind: SocketAddr = if server.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = std::net::UdpSocket::bind(bind)?;
+    socket.set_read_timeout(Some(IO_TIMEOUT))?;
+    let mut buf = vec![0u8; 4096];
+    let mut ask = |name: &str, id: u16| -> anyhow::Result<Duration> {
+        let question = crate::dns::query_message(name, RecordType::A, id)?;
+        let start = Instant::now();
+        socket.send_to(&question, server)?;
+        loop {
+            let (len, from) = socket.recv_from(&mut buf).context("no answer")?;
+            let answer = hickory_proto::op::Message::from_vec(&buf[..len])?;
+            if answer.metadata.id != id {
+                // A late answer to an earlier question: not this one's.
+                continue;
+            }
+            let elapsed = start.elapsed();
+            if from != server {
+                bail!("{name}: answered from {from}, not {server}");
+            }
+            if answer.metadata.response_code != ResponseCode::NoError || answer.answers.is_empty() {
+                bail!(
+                    "{name}: {} with {} answers",
+                    answer.metadata.response_code,
+                    answer.answers.len()
+                );
+            }
+            return Ok(elapsed);
+        }
+    };
+    let cached = format!("{prefix}cached.{domain}");
+    if same {
+        ask(&cached, 0)?;
+    }
+    let mut times = Vec::with_capacity(count);
+    let mut failures = 0u64;
+    let mut first_error = None;
+    for i in 0..count {
+        let name = if same {
+            cached.clone()
+        } else {
+            format!("{prefix}{i}.{domain}")
+        };
+        // Ids 1.. (the warm-up was 0), wrapping after 65,535 questions.
+        let id = u16::try_from(i % 65_535 + 1)?;
+        match ask(&name, id) {
+            Ok(elapsed) => times.push(elapsed.as_secs_f64() * 1e6),
+            Err(err) => {
+                failures += 1;
+                first_error.get_or_insert_with(|| format!("{err:#}"));
+            }
+        }
+    }
+    let out = json!({
+        "count": count,
+        "p50_us": crate::bench::stats::percentile(&times, 0.5),
+        "p99_us": crate::bench::stats::percentile(&times, 0.99),
+        "mean_us": crate::bench::stats::mean(&times),
+        "failures": failures,
+        "first_error": first_error,
+    });
+    println!("{out}");
+    Ok(())
+}

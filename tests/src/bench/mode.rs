@@ -1,6 +1,7 @@
 //! The modes a workload runs in: direct, or through the gateway spliced, intercepted or
-//! intercepted with a secret for the host (the HTTP-aware path), over HTTP/1.1 or HTTP/2; and
-//! plain HTTP, direct or through the gateway's HTTP path.
+//! intercepted with a secret for the host (the HTTP-aware path), over HTTP/1.1 or HTTP/2; a
+//! bypass name bound by the gateway's DNS, which the programs leave alone at connect; and plain
+//! HTTP, direct or through the gateway's HTTP path.
 
 /// The name nginx's certificate covers (`*.bench.test` too); what intercepted clients ask for.
 pub const DOMAIN: &str = "bench.test";
@@ -14,6 +15,10 @@ pub enum Route {
     Direct,
     /// Through the gateway, spliced raw (the name is in `bypass`).
     Bypass,
+    /// The bypass name resolved through the gateway's DNS first (untimed), so its address is
+    /// bound only to a bypass name: the programs leave each connect alone (no gateway hop), and
+    /// count it.
+    BypassAtConnect,
     /// Through the gateway, TLS intercepted with a forged certificate.
     Intercept,
     /// Intercepted as [`Route::Intercept`], with the sandbox given a secret scoped to
@@ -75,6 +80,11 @@ pub const BYPASS_H1: Mode = Mode {
     scheme: Scheme::Https,
     h2: false,
 };
+pub const BYPASS_AT_CONNECT_H1: Mode = Mode {
+    route: Route::BypassAtConnect,
+    scheme: Scheme::Https,
+    h2: false,
+};
 pub const INTERCEPT_H1: Mode = Mode {
     route: Route::Intercept,
     scheme: Scheme::Https,
@@ -112,6 +122,7 @@ impl Mode {
         let route = match self.route {
             Route::Direct => "direct",
             Route::Bypass => "bypass",
+            Route::BypassAtConnect => "bypass at connect",
             Route::Intercept => "intercept",
             Route::InterceptSecret => "intercept + secret",
             Route::Http => "gateway",
@@ -126,7 +137,7 @@ impl Mode {
     /// The name clients ask for: the bypass name for bypass, the plain one otherwise.
     pub fn host(self) -> &'static str {
         match self.route {
-            Route::Bypass => BYPASS_NAME,
+            Route::Bypass | Route::BypassAtConnect => BYPASS_NAME,
             Route::Direct | Route::Intercept | Route::InterceptSecret | Route::Http => DOMAIN,
         }
     }
@@ -152,8 +163,13 @@ impl Mode {
         self.route == Route::InterceptSecret
     }
 
-    /// Whether the gateway is in the path.
+    /// Whether a daemon serves the sandbox (compared with direct).
     pub fn through_gateway(self) -> bool {
         self.route != Route::Direct
+    }
+
+    /// Whether the sandbox's connections are redirected to the gateway's listener.
+    pub fn redirected(self) -> bool {
+        !matches!(self.route, Route::Direct | Route::BypassAtConnect)
     }
 }

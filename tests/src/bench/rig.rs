@@ -1,6 +1,7 @@
-//! The rig every workload shares: nginx in a test host's network namespace, a sandbox cgroup
-//! with no programs attached (direct) and one served by a gateway daemon started fresh for each
-//! measured run, and the notes gathered for the report.
+//! The rig every workload shares: nginx and the test DNS server (the daemons' `[dns] upstream`)
+//! in a test host's network namespace, a sandbox cgroup with no programs attached (direct) and
+//! one served by a gateway daemon started fresh for each measured run, and the notes gathered
+//! for the report.
 
 use std::{
     cell::{Cell, RefCell},
@@ -26,6 +27,8 @@ use super::{
 };
 use crate::{
     daemon::{Daemon, DaemonBuilder, LogSink},
+    dns::{TestDns, Zone},
+    dns_fixture::dns_query,
     net::UpstreamHost,
     nginx::PLAIN_PORT,
     pki::TestPki,
@@ -36,6 +39,14 @@ use crate::{
 /// The RUST_LOG filter the bench daemons run with: warnings (per-connection lines at info would
 /// dominate the daemon's CPU time), plus `gateway ready` and `certificate generated`.
 pub const DAEMON_RUST_LOG: &str = "warn,gateway::run=info,gateway::tls::certs=info";
+
+/// The zone the rig's DNS server serves (under [`DOMAIN`]): the bypass name, and the names of
+/// the lookup workload.
+const DNS_ZONE: &str = DOMAIN;
+/// TTL of the bypass name's address: longer than any run, so its binding outlasts it.
+const BYPASS_TTL: u32 = 3600;
+/// How long the DNS server runs unless stopped: longer than a whole bench.
+const DNS_LIFETIME: Duration = Duration::from_secs(4 * 3600);
 
 /// Set by SIGINT/SIGTERM: stop between runs, and let the guards clean up.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -74,6 +85,8 @@ pub struct RunUse {
     /// Max of VmRSS sampled every 50 ms during the run.
     pub peak_rss_kib: u64,
     pub redirected: u64,
+    /// Connections the programs left alone at connect (bound only to bypass names).
+    pub bypassed_at_connect: u64,
     pub certs_generated: u64,
     pub warnings: u64,
     pub first_warnings: Vec<String>,
@@ -96,10 +109,13 @@ pub fn daemon_use<'a>(usages: impl Iterator<Item = &'a Option<RunUse>>) -> Optio
     })
 }
 
-// Field order is drop order: nginx before the host whose namespace it runs in.
+// Field order is drop order: nginx and the DNS server before the host whose namespace they
+// run in.
 #[derive(Debug)]
 pub struct Rig {
     pub nginx: crate::nginx::Nginx,
+    /// The daemons' upstream resolver, on the host's IPv4 address, port 53.
+    pub dns: TestDns,
     /// A cgroup with no programs attached.
     pub direct: SandboxCgroup,
     /// The cgroup the daemons serve.
@@ -127,9 +143,25 @@ impl Rig {
         let host = UpstreamHost::new().context("creating the upstream's network namespace")?;
         let cert = pki.issue("bench", &[DOMAIN, "*.bench.test"], &[host.v4.into()])?;
         let nginx = nginx::start(&host.ns, &cert, SocketAddr::new(host.v4.into(), 443))?;
-        let config = format!("{}bypass = [{BYPASS_NAME:?}]\n", pki.trusted_config());
+        let zone = super::workload::lookup_names(&opts)
+            .fold(Zone::new(DNS_ZONE), |zone, name| zone.a(&name, [host.v4]))
+            .a(BYPASS_NAME, [host.v4])
+            .ttl(BYPASS_NAME, BYPASS_TTL);
+        let dns = TestDns::start_for(
+            &host.ns,
+            &[SocketAddr::new(host.v4.into(), 53)],
+            &[zone],
+            DNS_LIFETIME,
+        )
+        .context("starting the test DNS server")?;
+        let config = format!(
+            "{}bypass = [{BYPASS_NAME:?}]\n[dns]\nupstream = [\"{}\"]\n",
+            pki.trusted_config(),
+            host.v4
+        );
         let rig = Rig {
             nginx,
+            dns,
             direct: SandboxCgroup::new()?,
             sandbox: SandboxCgroup::new()?,
             host,
@@ -143,7 +175,7 @@ impl Rig {
         };
         eprintln!(
             "gateway-bench: upstream https://{DOMAIN}/ at {v4}:443 and http://{DOMAIN}/ at \
-             {v4}:{PLAIN_PORT} (netns {}), direct cgroup {}, sandbox cgroup {}",
+             {v4}:{PLAIN_PORT}, DNS at {v4}:53 (netns {}), direct cgroup {}, sandbox cgroup {}",
             rig.host.ns.name(),
             rig.direct.path().display(),
             rig.sandbox.path().display(),
@@ -251,15 +283,20 @@ impl Rig {
         }
         let mut daemon = match mode.route {
             Route::InterceptSecret => self.start_secret_daemon()?,
-            Route::Direct | Route::Bypass | Route::Intercept | Route::Http => {
-                self.start_daemon()?
-            }
+            Route::Direct
+            | Route::Bypass
+            | Route::BypassAtConnect
+            | Route::Intercept
+            | Route::Http => self.start_daemon()?,
         };
         // Plain HTTP uses no certificate: the upstream's CA is as good as any.
         let ca = match mode.route {
-            Route::Bypass | Route::Http => self.pki.ca_file(),
+            Route::Bypass | Route::BypassAtConnect | Route::Http => self.pki.ca_file(),
             Route::Direct | Route::Intercept | Route::InterceptSecret => daemon.ca_file(),
         };
+        if mode.route == Route::BypassAtConnect {
+            self.bind_bypass_name()?;
+        }
         if mode.sends_secret() {
             let protocol = secret::check(self, &self.sandbox, &ca, mode)?;
             let mut checks = self.secret_checks.borrow_mut();
@@ -296,6 +333,7 @@ impl Rig {
             cpu_secs: after.cpu_secs - before.cpu_secs,
             peak_rss_kib: peak.load(Ordering::SeqCst),
             redirected: redirected(&daemon).unwrap_or(0),
+            bypassed_at_connect: daemon.counter(Counter::BypassedAtConnect).unwrap_or(0),
             certs_generated: log.count("certificate generated"),
             warnings: log.warnings,
             first_warnings: log.first_warnings,
@@ -306,6 +344,18 @@ impl Rig {
             },
         };
         Ok((value, Some(usage)))
+    }
+
+    /// Looks the bypass name up from the sandbox, through the daemon's DNS (the query is sent
+    /// to the resolver's address, as a stub resolver would; the programs send it to the
+    /// daemon): from then on nginx's address is bound to the bypass name only.
+    fn bind_bypass_name(&self) -> anyhow::Result<()> {
+        let server = self.host.v4.to_string();
+        let answer = dns_query(&self.sandbox, &["udp", &server, BYPASS_NAME, "A"])?;
+        if answer["answers"] != serde_json::json!([server]) {
+            bail!("looking up {BYPASS_NAME} through the gateway: {answer}");
+        }
+        Ok(())
     }
 
     /// Notes what the daemon of a run logged at warn and above, and a stop that went wrong.
@@ -326,6 +376,32 @@ impl Rig {
             ));
         }
     }
+}
+
+/// Fails unless a run's connections took `mode`'s path: redirected to the gateway (at least
+/// one), or, bypassed at connect, none redirected and at least `connections` left alone.
+pub fn check_path(
+    workload: &str,
+    mode: Mode,
+    usage: &Option<RunUse>,
+    connections: u64,
+) -> anyhow::Result<()> {
+    let Some(u) = usage else { return Ok(()) };
+    let label = mode.label();
+    if mode.redirected() && u.redirected == 0 && connections > 0 {
+        bail!("{workload}, {label}: nothing was redirected");
+    }
+    if mode.route == Route::BypassAtConnect
+        && (u.redirected != 0 || u.bypassed_at_connect < connections)
+    {
+        bail!(
+            "{workload}, {label}: {} connections redirected and {} bypassed at connect, for \
+             {connections} made: not bypassed at connect",
+            u.redirected,
+            u.bypassed_at_connect
+        );
+    }
+    Ok(())
 }
 
 /// Connections the daemon's programs redirected so far (IPv4 + IPv6 counters, via bpftool).

@@ -11,12 +11,12 @@ use super::against_intercept;
 use crate::{
     bench::{
         mode::{
-            BYPASS_H1, DIRECT_H1, DIRECT_H2, INTERCEPT_H1, INTERCEPT_H2, INTERCEPT_SECRET_H1,
-            INTERCEPT_SECRET_H2, Mode, Route, Scheme,
+            BYPASS_AT_CONNECT_H1, BYPASS_H1, DIRECT_H1, DIRECT_H2, INTERCEPT_H1, INTERCEPT_H2,
+            INTERCEPT_SECRET_H1, INTERCEPT_SECRET_H2, Mode, Route, Scheme,
         },
         nginx,
         report::{Row, Target},
-        rig::{Rig, RunUse, daemon_use},
+        rig::{Rig, RunUse, check_path, daemon_use},
         secret,
         stats::{max, median},
     },
@@ -31,6 +31,7 @@ pub(super) fn run(rig: &mut Rig) -> anyhow::Result<Vec<Row>> {
     let modes = [
         DIRECT_H1,
         DIRECT_H2,
+        BYPASS_AT_CONNECT_H1,
         BYPASS_H1,
         INTERCEPT_H1,
         INTERCEPT_H2,
@@ -64,12 +65,8 @@ pub(super) fn series(rig: &mut Rig, workload: &str, modes: &[Mode]) -> anyhow::R
             }
             Ok((median(&speeds), failures))
         })?;
-        // Without a certificate to tell, only the counter shows the gateway was in the path.
-        if let Some(u) = &usage
-            && u.redirected == 0
-        {
-            bail!("{workload}, {}: nothing was redirected", mode.label());
-        }
+        // Without a certificate to tell, only the counters show the path taken.
+        check_path(workload, mode, &usage, 1)?;
         for failure in failures {
             rig.notes.push(format!(
                 "**{workload}, {} round {}: a download failed**: {}",
@@ -113,6 +110,7 @@ fn target(route: Route) -> Option<Target> {
     match route {
         Route::Intercept => Some(Target::RatioAtLeast(0.8)),
         Route::Bypass => Some(Target::RatioAtLeast(0.95)),
+        Route::BypassAtConnect => Some(super::BYPASS_AT_CONNECT_TARGET),
         Route::Direct | Route::InterceptSecret | Route::Http => None,
     }
 }

@@ -3,8 +3,8 @@
 use super::{Series, against_intercept, oha_series};
 use crate::bench::{
     mode::{
-        BYPASS_H1, DIRECT_H1, DIRECT_H2, INTERCEPT_H1, INTERCEPT_H2, INTERCEPT_SECRET_H1,
-        INTERCEPT_SECRET_H2,
+        BYPASS_AT_CONNECT_H1, BYPASS_H1, DIRECT_H1, DIRECT_H2, INTERCEPT_H1, INTERCEPT_H2,
+        INTERCEPT_SECRET_H1, INTERCEPT_SECRET_H2,
     },
     report::{Row, Target},
     rig::Rig,
@@ -14,6 +14,7 @@ pub(super) fn run(rig: &mut Rig) -> anyhow::Result<Vec<Row>> {
     let modes = [
         DIRECT_H1,
         DIRECT_H2,
+        BYPASS_AT_CONNECT_H1,
         BYPASS_H1,
         INTERCEPT_H1,
         INTERCEPT_H2,

@@ -4,6 +4,7 @@
 mod cold_certs;
 mod connect_cost;
 mod cross_checks;
+mod dns_lookup;
 mod download;
 mod idle_rss;
 mod keepalive;
@@ -18,7 +19,7 @@ use super::{
     mode::{Mode, Route},
     oha::{self, Load, Oha},
     report::{Row, Target},
-    rig::{Rig, RunUse, daemon_use},
+    rig::{Rig, RunUse, check_path, daemon_use},
     stats::{max, min},
 };
 
@@ -41,11 +42,13 @@ pub enum Workload {
     Idle,
     /// Cross-checks of the keep-alive ratios with h2load and wrk.
     Cross,
+    /// DNS lookups through the gateway (cached, uncached) against asking the resolver directly.
+    Dns,
 }
 
 impl Workload {
     /// Every workload, in running order.
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 9] = [
         Workload::New,
         Workload::Keepalive,
         Workload::Download,
@@ -53,6 +56,7 @@ impl Workload {
         Workload::Cold,
         Workload::Connect,
         Workload::Idle,
+        Workload::Dns,
         Workload::Cross,
     ];
 
@@ -67,6 +71,7 @@ impl Workload {
             Workload::Connect => "connect",
             Workload::Idle => "idle",
             Workload::Cross => "cross",
+            Workload::Dns => "dns",
         }
     }
 
@@ -81,9 +86,15 @@ impl Workload {
             Workload::Connect => connect_cost::run(rig),
             Workload::Idle => idle_rss::run(rig),
             Workload::Cross => cross_checks::run(rig),
+            Workload::Dns => dns_lookup::run(rig),
         }
     }
 }
+
+pub use dns_lookup::lookup_names;
+
+/// The target for connections bypassed at connect, against direct.
+const BYPASS_AT_CONNECT_TARGET: Target = Target::RatioAtLeast(0.97);
 
 /// For each intercept + secret mode among `modes`, a row giving its `figure` over plain
 /// intercept's (same HTTP version, same run of the workload, best to best; `runs`: round by
@@ -178,11 +189,13 @@ fn oha_series(rig: &mut Rig, series: &Series<'_>) -> anyhow::Result<Vec<Row>> {
                 result.ok
             ));
         }
-        if let Some(u) = &usage
-            && u.redirected < result.ok.min(1)
-        {
-            bail!("{workload}, {}: nothing was redirected", mode.label());
-        }
+        // A new connection per request: each successful one made at least one connection.
+        let connections = if series.new_connections {
+            result.ok
+        } else {
+            result.ok.min(1)
+        };
+        check_path(workload, mode, &usage, connections)?;
         rig.note_run(workload, mode, &usage);
         runs.entry(mode.label()).or_default().push((result, usage));
     }
@@ -218,6 +231,7 @@ fn oha_series(rig: &mut Rig, series: &Series<'_>) -> anyhow::Result<Vec<Row>> {
                 target: match (i, mode.route) {
                     (0, Route::Intercept) => series.intercept_target,
                     (0, Route::Bypass) => series.bypass_target,
+                    (0, Route::BypassAtConnect) => Some(BYPASS_AT_CONNECT_TARGET),
                     _ => None,
                 },
                 daemon: (i == 0)

@@ -2,7 +2,7 @@
 
 use super::{Series, oha_series};
 use crate::bench::{
-    mode::{BYPASS_H1, DIRECT_H1, INTERCEPT_H1, INTERCEPT_SECRET_H1},
+    mode::{BYPASS_AT_CONNECT_H1, BYPASS_H1, DIRECT_H1, INTERCEPT_H1, INTERCEPT_SECRET_H1},
     report::{Row, Target},
     rig::Rig,
 };
@@ -13,7 +13,13 @@ pub(super) fn run(rig: &mut Rig) -> anyhow::Result<Vec<Row>> {
         rig,
         &Series {
             workload: "new TLS connection per 1 KiB request",
-            modes: &[DIRECT_H1, BYPASS_H1, INTERCEPT_H1, INTERCEPT_SECRET_H1],
+            modes: &[
+                DIRECT_H1,
+                BYPASS_AT_CONNECT_H1,
+                BYPASS_H1,
+                INTERCEPT_H1,
+                INTERCEPT_SECRET_H1,
+            ],
             new_connections: true,
             latency: true,
             intercept_target: Some(Target::RatioAtLeast(0.6)),
