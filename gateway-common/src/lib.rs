@@ -305,11 +305,14 @@ pub enum Counter {
     /// TCP connects to an intercepted TLS port left alone (direct), because every name the
     /// address was given for is a bypass name.
     BypassedAtConnect = 5,
+    /// Refusal or bypass events dropped because their ring buffer was full: the counters
+    /// still have them, their log lines are missing.
+    EventsLost = 6,
 }
 
 impl Counter {
     /// Number of counters (fields of [`Counters`]).
-    pub const LEN: u32 = 6;
+    pub const LEN: u32 = 7;
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::LEN as usize] = [
         Counter::RedirectedV4,
@@ -318,6 +321,7 @@ impl Counter {
         Counter::MapErrors,
         Counter::Refused,
         Counter::BypassedAtConnect,
+        Counter::EventsLost,
     ];
 
     /// The name operators see in logs.
@@ -329,6 +333,7 @@ impl Counter {
             Counter::MapErrors => "map_errors",
             Counter::Refused => "refused",
             Counter::BypassedAtConnect => "bypassed_at_connect",
+            Counter::EventsLost => "events_lost",
         }
     }
 }
@@ -350,6 +355,8 @@ pub struct Counters {
     pub refused: u64,
     /// TCP connects to an intercepted TLS port left alone because of a bypass-only binding.
     pub bypassed_at_connect: u64,
+    /// Refusal or bypass events dropped because their ring buffer was full.
+    pub events_lost: u64,
 }
 
 impl Counters {
@@ -363,6 +370,7 @@ impl Counters {
             Counter::MapErrors => &mut self.map_errors,
             Counter::Refused => &mut self.refused,
             Counter::BypassedAtConnect => &mut self.bypassed_at_connect,
+            Counter::EventsLost => &mut self.events_lost,
         }
     }
 
@@ -375,6 +383,7 @@ impl Counters {
             Counter::MapErrors => self.map_errors,
             Counter::Refused => self.refused,
             Counter::BypassedAtConnect => self.bypassed_at_connect,
+            Counter::EventsLost => self.events_lost,
         }
     }
 }

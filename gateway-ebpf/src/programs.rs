@@ -574,7 +574,9 @@ fn refuse(conf: &SandboxConf, dst: &Destination, reason: Reason, rule_id: u32) {
         sock_type: dst.sock_type as u16,
     };
     // A full buffer drops the event; the counters above still have it.
-    let _ = REFUSAL_EVENTS.output(event, 0);
+    if REFUSAL_EVENTS.output(event, 0).is_err() {
+        count(Counter::EventsLost);
+    }
 }
 
 /// The config of the innermost sandbox cgroup containing the current task, if any.
@@ -673,7 +675,9 @@ fn report_bypass(cookie: u64) {
         BPF_RB_NO_WAKEUP
     };
     // A full buffer drops the event; the counter already has it.
-    let _ = BYPASS_EVENTS.output(event, u64::from(flags));
+    if BYPASS_EVENTS.output(event, u64::from(flags)).is_err() {
+        count(Counter::EventsLost);
+    }
 }
 
 /// The socket's local IPv4 address.
