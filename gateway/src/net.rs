@@ -1,13 +1,16 @@
-//! Network plumbing: typed addresses, the per-sandbox listener, and dialling upstreams.
+//! Network plumbing: typed addresses, the per-sandbox listener, dialling upstreams, and the
+//! read-ahead wrapper under TLS.
 
 pub mod addr;
 pub mod listener;
+pub mod read_ahead;
 
 use std::{io, net::SocketAddr, time::Duration};
 
 use tokio::net::TcpStream;
 
 pub use addr::{ClientAddr, OrigDst};
+pub use read_ahead::ReadAhead;
 
 /// Why an upstream could not be reached.
 #[derive(Debug, thiserror::Error)]

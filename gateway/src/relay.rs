@@ -3,13 +3,15 @@
 
 use std::{
     io,
+    pin::Pin,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    task::Poll,
     time::Duration,
 };
 
 use tokio::{net::TcpStream, time::Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// Each direction's copy buffer starts small, so idle connections stay cheap, and doubles up to
 /// the maximum while reads keep filling it, so bulk transfers move in large chunks.
@@ -118,18 +120,20 @@ where
     UW: AsyncWrite + Unpin,
 {
     let mut stats = RelayStats::default();
-    let (up_done, down_done) = (AtomicBool::new(false), AtomicBool::new(false));
+    let (up_state, down_state) = (Progress::default(), Progress::default());
     let activity = Activity::new();
     let up = Direction {
         name: "client->upstream",
-        done: &up_done,
-        other_done: &down_done,
+        from_client: true,
+        state: &up_state,
+        other: &down_state,
         activity: &activity,
     };
     let down = Direction {
         name: "upstream->client",
-        done: &down_done,
-        other_done: &up_done,
+        from_client: false,
+        state: &down_state,
+        other: &up_state,
         activity: &activity,
     };
     let pumps = async {
@@ -169,9 +173,31 @@ fn idle_error(idle: Duration) -> io::Error {
 #[derive(Clone, Copy)]
 struct Direction<'a> {
     name: &'static str,
-    done: &'a AtomicBool,
-    other_done: &'a AtomicBool,
+    /// It reads from the sandbox's client.
+    from_client: bool,
+    state: &'a Progress,
+    /// The other direction's, which writes to the peer this one reads from.
+    other: &'a Progress,
     activity: &'a Activity,
+}
+
+/// Where one direction is, for the other to judge how a connection ended.
+#[derive(Default)]
+struct Progress {
+    /// Its source has finished sending (EOF).
+    done: AtomicBool,
+    /// A write (and its flush) is under way: bytes read are not all handed on yet.
+    writing: AtomicBool,
+    /// It has handed on at least one byte.
+    moved: AtomicBool,
+}
+
+impl Progress {
+    /// Everything it read so far has been handed on, and something was: an exchange is complete
+    /// as far as this direction goes.
+    fn delivered(&self) -> bool {
+        self.moved.load(Ordering::Acquire) && !self.writing.load(Ordering::Acquire)
+    }
 }
 
 /// When bytes last moved, shared by both directions of a relay.
@@ -217,23 +243,41 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; BUF_START];
+    // What a gathering read ran into, for the next turn to act on once the bytes before it
+    // are written.
+    let mut ended: Option<io::Result<()>> = None;
     loop {
-        let n = match rx.read(&mut buf).await {
+        let first = match ended.take() {
+            Some(end) => end.map(|()| 0),
+            None => rx.read(&mut buf).await,
+        };
+        let mut n = match first {
             Ok(n) => n,
             Err(e) if is_normal_close(&e, dir) => 0,
             Err(e) => return Err((dir.name, e)),
         };
         if n == 0 {
-            dir.done.store(true, Ordering::Release);
+            dir.state.done.store(true, Ordering::Release);
             // The peer may be gone already; everything it should get has been written.
             let _ = tx.shutdown().await;
             return Ok(());
         }
         dir.activity.touch();
-        tx.write_all(&buf[..n]).await.map_err(|e| (dir.name, e))?;
-        // A TLS writer may keep records buffered after write_all; without a flush they would
-        // wait for the next read, which on a keep-alive connection may never come.
-        tx.flush().await.map_err(|e| (dir.name, e))?;
+        n += gather_ready(rx, &mut buf[n..], &mut ended).await;
+        dir.state.writing.store(true, Ordering::Release);
+        match write_and_flush(tx, &buf[..n]).await {
+            Ok(()) => {}
+            Err(e) if is_close_while_writing(&e, dir) => {
+                // The peer closed after saying all it had to say: what it was sent now is
+                // unwanted, not lost. Nothing more can go its way.
+                dir.state.done.store(true, Ordering::Release);
+                dir.state.writing.store(false, Ordering::Release);
+                return Ok(());
+            }
+            Err(e) => return Err((dir.name, e)),
+        }
+        dir.state.writing.store(false, Ordering::Release);
+        dir.state.moved.store(true, Ordering::Release);
         *count += n as u64;
         if n == buf.len() && buf.len() < BUF_MAX {
             buf.resize(buf.len() * 2, 0);
@@ -241,15 +285,71 @@ where
     }
 }
 
+/// Adds to `buf` what `rx` has ready now, without waiting, so one write (one flush, a few
+/// full TLS records in one `writev`) carries it all instead of one write per read. Stops at
+/// the first read that would wait; an EOF or error it meets is put in `ended`.
+async fn gather_ready<R: AsyncRead + Unpin>(
+    rx: &mut R,
+    buf: &mut [u8],
+    ended: &mut Option<io::Result<()>>,
+) -> usize {
+    let mut read = ReadBuf::new(buf);
+    // Polled once, with this task's waker: a read that would wait has registered it, which
+    // costs at most a spurious wakeup, as the next `read` polls again anyway.
+    std::future::poll_fn(|cx| {
+        while read.remaining() > 0 {
+            let before = read.filled().len();
+            match Pin::new(&mut *rx).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) if read.filled().len() == before => {
+                    *ended = Some(Ok(()));
+                    break;
+                }
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => {
+                    *ended = Some(Err(e));
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        Poll::Ready(())
+    })
+    .await;
+    read.filled().len()
+}
+
+/// `buf` written whole, then flushed: a TLS writer may keep records buffered after write_all,
+/// and without a flush they would wait for the next read, which on a keep-alive connection
+/// may never come.
+async fn write_and_flush<W: AsyncWrite + Unpin>(tx: &mut W, buf: &[u8]) -> io::Result<()> {
+    tx.write_all(buf).await?;
+    tx.flush().await
+}
+
 /// Read errors that end a direction without losing anything: a TLS peer closing without
-/// close_notify (many servers do), or a reset once the other direction has finished (clients
-/// that close with unread data, such as our close_notify, reset instead of closing).
+/// close_notify (many servers do), or a reset once the exchange is complete: the other
+/// direction has finished, or, for a client, it was handed everything the upstream sent
+/// (clients that close with unread data, such as our close_notify, or that abandon a
+/// kept-alive connection, reset instead of closing). An upstream's reset before the client is
+/// done is a failure: it may have cut a response short.
 fn is_normal_close(err: &io::Error, dir: Direction<'_>) -> bool {
     match err.kind() {
         io::ErrorKind::UnexpectedEof => true,
-        io::ErrorKind::ConnectionReset => dir.other_done.load(Ordering::Acquire),
+        io::ErrorKind::ConnectionReset => {
+            dir.other.done.load(Ordering::Acquire) || (dir.from_client && dir.other.delivered())
+        }
         _ => false,
     }
+}
+
+/// Write errors that are a normal close: the peer, having finished sending (its direction
+/// done), reset or shut its socket while this direction still had bytes for it (a server's
+/// close_notify after the client closed).
+fn is_close_while_writing(err: &io::Error, dir: Direction<'_>) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    ) && dir.other.done.load(Ordering::Acquire)
 }
 
 #[cfg(test)]
@@ -316,6 +416,143 @@ mod tests {
         upstream.shutdown().await.unwrap();
         let stats = splice.await.unwrap().unwrap();
         assert_eq!(stats.bytes_up, 11);
+    }
+
+    /// Yields its chunks one per read, all ready at once, as a TLS stream hands out records.
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(chunk) = self.0.pop_front() {
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                if n < chunk.len() {
+                    self.0.push_front(chunk[n..].to_vec());
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Counts the writes and flushes it gets.
+    #[derive(Default)]
+    struct Counting {
+        bytes: Vec<u8>,
+        writes: usize,
+        flushes: usize,
+    }
+
+    impl AsyncWrite for Counting {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.writes += 1;
+            self.bytes.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// 1,000 records of 1 KiB ready at once go out in a handful of writes (the buffer grows to
+    /// 64 KiB), not one write and flush per record, and every byte arrives in order.
+    #[tokio::test]
+    async fn ready_reads_are_gathered_into_one_write() {
+        let data: Vec<u8> = (0..1_024_000u32).map(|i| (i % 253) as u8).collect();
+        let mut rx = Chunks(data.chunks(1024).map(<[u8]>::to_vec).collect());
+        let mut tx = Counting::default();
+        let (state, other) = (Progress::default(), Progress::default());
+        let activity = Activity::new();
+        let dir = Direction {
+            name: "upstream->client",
+            from_client: false,
+            state: &state,
+            other: &other,
+            activity: &activity,
+        };
+        let mut count = 0;
+        pump(&mut rx, &mut tx, &mut count, dir).await.unwrap();
+        assert_eq!(tx.bytes, data);
+        assert_eq!(count, data.len() as u64);
+        // 2+4+...+64 KiB while growing, then 64 KiB writes: 21 in all.
+        assert!(tx.writes <= 21, "{} writes", tx.writes);
+        assert_eq!(tx.flushes, tx.writes);
+    }
+
+    /// A client that resets once it has every byte of the response (an abandoned keep-alive
+    /// connection) ends the splice as a normal close.
+    #[tokio::test]
+    async fn a_client_reset_after_the_whole_response_is_a_normal_close() {
+        let (client, client_side) = pair().await;
+        let (upstream_side, mut upstream) = pair().await;
+        let splice = tokio::spawn(splice(
+            client_side,
+            b"GET / HTTP/1.1\r\n\r\n",
+            upstream_side,
+            Duration::from_secs(10),
+        ));
+        let mut request = [0u8; 18];
+        upstream.read_exact(&mut request).await.unwrap();
+        upstream.write_all(&[1u8; 5000]).await.unwrap();
+        let mut client = client;
+        let mut response = [0u8; 5000];
+        client.read_exact(&mut response).await.unwrap();
+        reset(client);
+        // The upstream is told (EOF) and closes.
+        let mut rest = Vec::new();
+        upstream.read_to_end(&mut rest).await.unwrap();
+        drop(upstream);
+        let stats = splice.await.unwrap().expect("a normal close");
+        assert_eq!(stats.bytes_down, 5000);
+    }
+
+    /// An upstream reset before the client is done is still a failure: it may have cut the
+    /// response short.
+    #[tokio::test]
+    async fn an_upstream_reset_mid_response_is_a_failure() {
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut upstream) = pair().await;
+        let splice = tokio::spawn(splice(
+            client_side,
+            b"GET",
+            upstream_side,
+            Duration::from_secs(10),
+        ));
+        let mut request = [0u8; 3];
+        upstream.read_exact(&mut request).await.unwrap();
+        upstream.write_all(&[1u8; 100]).await.unwrap();
+        let mut part = [0u8; 100];
+        client.read_exact(&mut part).await.unwrap();
+        reset(upstream);
+        let error = splice.await.unwrap().unwrap_err();
+        assert_eq!(error.direction, "upstream->client");
+        assert_eq!(error.source.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    /// Closes `stream` with a reset (linger 0).
+    fn reset(stream: TcpStream) {
+        let socket = socket2::SockRef::from(&stream);
+        socket.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(stream);
     }
 
     #[test]

@@ -21,10 +21,9 @@ use super::{
     upstream::{Connection, Open, Origin, Upstreams},
 };
 use crate::{
-    net::{OrigDst, dial},
+    net::{OrigDst, ReadAhead, dial},
     relay::{RelayStats, Timeouts},
     sandbox::SandboxTag,
-    tls::intercept::Rewind,
 };
 
 /// Serves plain HTTP/1 from a sandbox client whose connection was going to `dst`; `prefix`
@@ -68,7 +67,7 @@ where
     };
     let admit = Box::new(Judged { judge, sandbox });
     let forwarder = Forwarder::new(client_conn, admit, filter, upstream);
-    forward::serve(Rewind::new(prefix, client), forwarder).await
+    forward::serve(ReadAhead::with_prefix(prefix, client), forwarder).await
 }
 
 /// Requests pass when the name rules allow their host.

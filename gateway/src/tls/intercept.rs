@@ -3,19 +3,9 @@
 //! a forged certificate offering the ALPN the upstream chose. What is relayed over the two is
 //! `conn`'s business.
 
-use std::{
-    io,
-    net::SocketAddr,
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::{io, net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf},
-    net::TcpStream,
-};
+use tokio::{io::AsyncWriteExt as _, net::TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use super::{
@@ -23,7 +13,7 @@ use super::{
     certs::{CertError, Subject},
 };
 use crate::{
-    net::{DialError, OrigDst, dial},
+    net::{DialError, OrigDst, ReadAhead, dial},
     policy::route::Intercept,
     relay::Timeouts,
 };
@@ -92,7 +82,7 @@ pub struct Intercepted {
 }
 
 /// The upstream side of an interception.
-pub type UpstreamTls = tokio_rustls::client::TlsStream<TcpStream>;
+pub type UpstreamTls = tokio_rustls::client::TlsStream<ReadAhead<TcpStream>>;
 
 /// Intercepts `client`, whose ClientHello (offering `alpn_offer`) is `prefix`, to `dst`: TLS
 /// to the upstream first, then the client's handshake with a forged certificate offering the
@@ -152,7 +142,8 @@ pub async fn connect_upstream(
     let (tcp, local) = dial(dst, timeouts.connect).await?;
     let mut config = (*route.connector).clone();
     config.alpn_protocols = alpn_offer.to_vec();
-    let connect = TlsConnector::from(Arc::new(config)).connect(route.server_name.clone(), tcp);
+    let connect = TlsConnector::from(Arc::new(config))
+        .connect(route.server_name.clone(), ReadAhead::new(tcp));
     match tokio::time::timeout(timeouts.connect, connect).await {
         Ok(Ok(upstream)) => Ok((upstream, local)),
         Ok(Err(source)) => Err(InterceptError::UpstreamTls { dst, source }),
@@ -181,7 +172,7 @@ pub async fn accept_client(
             return Err(err.into());
         }
     };
-    let accept = TlsAcceptor::from(server_config).accept(Rewind::new(prefix, client));
+    let accept = TlsAcceptor::from(server_config).accept(ReadAhead::with_prefix(prefix, client));
     tokio::time::timeout(timeouts.hello, accept)
         .await
         .map_err(|_| InterceptError::ClientTlsTimeout {
@@ -191,7 +182,7 @@ pub async fn accept_client(
 }
 
 /// The client side of an interception, after the handshake.
-pub type ClientTls = tokio_rustls::server::TlsStream<Rewind<TcpStream>>;
+pub type ClientTls = tokio_rustls::server::TlsStream<ReadAhead<TcpStream>>;
 
 /// The protocol to offer a client when no upstream chose one (a denied name is answered by
 /// the gateway itself): HTTP/2 when the client offers it, else HTTP/1.1 when offered, else
@@ -209,73 +200,8 @@ pub async fn send_alert(client: &mut TcpStream, description: u8) {
     let _ = client.shutdown().await;
 }
 
-/// A stream that yields `prefix` before reading from `inner`: hands the already-read
-/// ClientHello to the TLS acceptor.
-#[derive(Debug)]
-pub struct Rewind<T> {
-    prefix: Vec<u8>,
-    offset: usize,
-    inner: T,
-}
-
-impl<T> Rewind<T> {
-    /// Replays `prefix`, then reads `inner`.
-    pub fn new(prefix: Vec<u8>, inner: T) -> Self {
-        Rewind {
-            prefix,
-            offset: 0,
-            inner,
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if let Some(rest) = this
-            .prefix
-            .get(this.offset..)
-            .filter(|rest| !rest.is_empty())
-        {
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            this.offset += n;
-            if this.offset == this.prefix.len() {
-                this.prefix = Vec::new();
-                this.offset = 0;
-            }
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncReadExt as _;
-
     use super::*;
 
     #[test]
@@ -285,16 +211,5 @@ mod tests {
         assert_eq!(own_alpn(&offer(&[b"http/1.1"])), Some(&b"http/1.1"[..]));
         assert_eq!(own_alpn(&offer(&[b"spdy/3"])), None);
         assert_eq!(own_alpn(&[]), None);
-    }
-
-    #[tokio::test]
-    async fn rewind_replays_then_reads() {
-        let (mut a, b) = tokio::io::duplex(64);
-        a.write_all(b" world").await.unwrap();
-        drop(a);
-        let mut rewind = Rewind::new(b"hello".to_vec(), b);
-        let mut out = String::new();
-        rewind.read_to_string(&mut out).await.unwrap();
-        assert_eq!(out, "hello world");
     }
 }
