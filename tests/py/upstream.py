@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Test upstream: an HTTPS server that tells each client who answered and who it saw.
 
-GET /            -> JSON {"name", "peer", "local", "alpn", "host", "conn"}
+GET /            -> JSON {"name", "peer", "local", "alpn", "host", "conn", "session_reused"}
 GET /headers     -> JSON {"name", "path", "headers"} of the request as received
 GET /bytes/N     -> N pseudo-random bytes (deterministic, for hash checks)
 GET /ws          -> a WebSocket handshake, then every frame echoed back
@@ -127,6 +127,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         local = self.connection.getsockname()
         alpn = self.connection.selected_alpn_protocol() if hasattr(self.connection, "selected_alpn_protocol") else None
         version = self.connection.version() if hasattr(self.connection, "version") else None
+        reused = getattr(self.connection, "session_reused", None)
         body = json.dumps({
             "name": self.server_name_label,
             "tls_version": version,
@@ -135,6 +136,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             "alpn": alpn,
             "host": self.headers.get("Host"),
             "conn": self.conn_id,
+            "session_reused": reused,
         }).encode() + b"\n"
         self._send(200, body)
 

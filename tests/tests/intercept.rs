@@ -244,6 +244,65 @@ fn openssl_s_client_tls12_and_tls13_see_the_gateway_issuer() {
     }
 }
 
+/// Sessions resume on both legs: a sandbox client that kept its session (`-sess_out`, then
+/// `-sess_in`) is resumed by the gateway, over TLS 1.2 and 1.3; and the gateway's second
+/// upstream connection for the same name resumes the session the upstream gave the first (the
+/// upstream reports `session_reused`), although each came from a different client process.
+#[test]
+fn tls_sessions_resume_towards_the_sandbox_and_the_upstream() {
+    let env = Env::new();
+    let site = Site::start(&env.pki, "up-a.test", &["up-a.test"]).unwrap();
+    let daemon = env.daemon("");
+    let session = tempfile::tempdir().unwrap();
+    // A request, so a TLS 1.3 client reads the tickets that follow the handshake.
+    let request = session.path().join("request");
+    fs::write(&request, "GET / HTTP/1.0\r\n\r\n").unwrap();
+    for (flag, protocol) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
+        let file = session.path().join(protocol);
+        let s_client = |session_flag: &str| {
+            let mut client = cmd(
+                "openssl",
+                [
+                    "s_client",
+                    flag,
+                    "-connect",
+                    &addr(&site),
+                    "-servername",
+                    &site.name,
+                    session_flag,
+                ],
+            );
+            client
+                .arg(&file)
+                .arg("-CAfile")
+                .arg(daemon.ca_file())
+                .stdin(fs::File::open(&request).unwrap());
+            stdout_ok(&env.run(&mut client)).unwrap()
+        };
+        let first = s_client("-sess_out");
+        assert!(first.contains(&format!("New, {protocol}")), "{first}");
+        let second = s_client("-sess_in");
+        assert!(
+            second.contains(&format!("Reused, {protocol}")),
+            "the gateway did not resume the sandbox's session: {second}"
+        );
+        assert!(second.contains("issuer=CN = gateway local CA"), "{second}");
+    }
+
+    let reused: Vec<Value> = (0..3)
+        .map(|_| {
+            let output = env.run(&mut curl(&daemon.ca_file(), &site, &site.name, "/"));
+            json(&stdout_ok(&output).unwrap())["session_reused"].clone()
+        })
+        .collect();
+    // The first of these may already resume a session from the s_client runs above.
+    assert_eq!(
+        reused[1..],
+        [Value::Bool(true), Value::Bool(true)],
+        "the gateway's upstream connections did not resume: {reused:?}"
+    );
+}
+
 #[test]
 fn bypassed_names_see_the_upstream_certificate() {
     let env = Env::new();
