@@ -41,6 +41,11 @@ pub mod map_names {
     pub const BYPASSED: &str = "BYPASSED";
     /// One event per bypassed connection that established, read by the daemon for its log.
     pub const BYPASS_EVENTS: &str = "BYPASS_EVENTS";
+    /// Both sockets of every connection spliced in the kernel, by socket cookie; its stream
+    /// verdict program moves each one's received bytes to the other's send queue.
+    pub const SPLICE_SOCKS: &str = "SPLICE_SOCKS";
+    /// The peer of every socket in `SPLICE_SOCKS` and the bytes moved to it, by socket cookie.
+    pub const SPLICE_PEERS: &str = "SPLICE_PEERS";
 }
 
 /// Configuration of one sandbox, the value of `SANDBOXES` keyed by the sandbox's cgroup id.
@@ -453,6 +458,19 @@ pub struct BypassEvent {
     pub _pad: u16,
 }
 
+/// Value of the per-CPU `SPLICE_PEERS` (keyed by the socket cookie of one socket of a kernel
+/// splice): the socket its received bytes are redirected to (the same in every CPU's copy), and
+/// how many there were so far.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SplicePeer {
+    /// The socket cookie of the other socket of the splice (its key in `SPLICE_SOCKS`).
+    pub peer_cookie: u64,
+    /// Bytes the stream verdict redirected from this socket to the peer (the map is per CPU:
+    /// each CPU counts in its own copy, readers sum them; the daemon only reads it).
+    pub bytes: u64,
+}
+
 /// Flags of every LRU hash map: `BPF_F_NO_COMMON_LRU`, a free list per CPU. With the common
 /// list, entries freed by deletes gather in the free list of the CPU that made them while other
 /// CPUs, finding the shared list empty, evict live entries of a map far from full (measured
@@ -515,6 +533,8 @@ mod user {
     unsafe impl aya::Pod for super::DnsRedirect {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::BypassEvent {}
+    // SAFETY: repr(C), only u64 fields, no padding.
+    unsafe impl aya::Pod for super::SplicePeer {}
 }
 
 #[cfg(test)]
@@ -538,6 +558,7 @@ mod tests {
         assert_eq!(size_of::<DnsBinding>(), 16);
         assert_eq!(size_of::<DnsRedirect>(), 20);
         assert_eq!(size_of::<BypassEvent>(), 24);
+        assert_eq!(size_of::<SplicePeer>(), 16);
     }
 
     #[test]

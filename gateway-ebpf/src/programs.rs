@@ -15,26 +15,33 @@
 //! that `recvmsg4/6` and `getpeername4/6` show the replies' source (and the peer) as the
 //! address the client sent to: stub resolvers (glibc's among them) drop answers from another
 //! address.
+//!
+//! A bypassed connection the daemon splices in the kernel has both its sockets in
+//! `SPLICE_SOCKS` and each one's peer in `SPLICE_PEERS`: `gateway_splice_verdict` hands every
+//! segment one of them receives to the other's send queue, counting the bytes, so they never
+//! reach user space.
 
 use aya_ebpf::{
     EbpfContext,
     bindings::{
         BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, bpf_sock_addr, sk_action,
     },
-    btf_maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::Key},
+    btf_maps::{
+        HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf, SockHash, lpm_trie::Key,
+    },
     helpers::generated::{
         bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns,
         bpf_ringbuf_query,
     },
-    macros::{btf_map, cgroup_sock, cgroup_sock_addr, sock_ops},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    macros::{btf_map, cgroup_sock, cgroup_sock_addr, sock_ops, stream_verdict},
+    programs::{SkBuffContext, SockAddrContext, SockContext, SockOpsContext},
 };
 use gateway_common::{
     ADDR_KEY_BITS, AddrKey, AddrRule, BYPASS_EVENTS_BYTES, BYPASS_EVENTS_WAKEUP_BYTES, BypassEvent,
     ClientKey, Counter, Counters, DnsBinding, DnsBindingKey, DnsRedirect, LRU_MAP_FLAGS,
-    OrigDstEntry, PortKey, PortRule, Reason, RefusalEvent, Refusals, SandboxConf, is_v4_mapped,
-    protocol, v4_mapped,
+    OrigDstEntry, PortKey, PortRule, Reason, RefusalEvent, Refusals, SandboxConf, SplicePeer,
+    is_v4_mapped, protocol, v4_mapped,
 };
 
 /// Reads a context field with a volatile load of exactly its width. Plain reads let LLVM merge
@@ -117,6 +124,18 @@ static BYPASSED: LruHashMap<u64, BypassEvent, 16384, LRU> = LruHashMap::new();
 #[btf_map]
 static BYPASS_EVENTS: RingBuf<BypassEvent, { BYPASS_EVENTS_BYTES as usize }> = RingBuf::new();
 
+/// Sockets of connections spliced in the kernel, by socket cookie (two per connection), written
+/// by the daemon; `gateway_splice_verdict` is attached to it.
+#[btf_map]
+static SPLICE_SOCKS: SockHash<u64, 65536> = SockHash::new();
+
+/// The peer of each socket in `SPLICE_SOCKS` and the bytes moved to it, written by the daemon
+/// (the program only adds to `bytes`). Per CPU, so each CPU adds to its own copy: the bpf target
+/// has no atomic add in `core`, and readers sum the copies. Not LRU: an evicted entry would send
+/// a live connection's bytes to user space instead of its peer.
+#[btf_map]
+static SPLICE_PEERS: PerCpuHashMap<u64, SplicePeer, 65536> = PerCpuHashMap::new();
+
 #[cgroup_sock_addr(connect4)]
 pub fn gateway_connect4(ctx: SockAddrContext) -> i32 {
     match try_connect4(&ctx) {
@@ -176,6 +195,14 @@ pub fn gateway_sock_ops(ctx: SockOpsContext) -> u32 {
         count(Counter::MapErrors);
     }
     1
+}
+
+/// Every segment received by a socket in `SPLICE_SOCKS`.
+#[stream_verdict]
+pub fn gateway_splice_verdict(ctx: SkBuffContext) -> u32 {
+    match try_splice_verdict(&ctx) {
+        Ok(verdict) | Err(verdict) => verdict,
+    }
 }
 
 /// What to do with one connect or send.
@@ -648,6 +675,30 @@ fn try_sock_ops(ctx: &SockOpsContext) -> Result<(), i32> {
     ORIG_DST.insert(&key, &entry, 0)?;
     count(Counter::Established);
     Ok(())
+}
+
+/// A segment of a spliced socket goes to its peer's send queue (flags 0: the peer's egress),
+/// counted; one of a socket without a peer entry is passed up to its own receive queue, so
+/// nothing is lost while the daemon sets a splice up or takes it down.
+fn try_splice_verdict(ctx: &SkBuffContext) -> Result<u32, u32> {
+    // SAFETY: the context pointer is valid for this helper in sk_skb programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let peer = SPLICE_PEERS.get_ptr_mut(cookie).ok_or(sk_action::SK_PASS)?;
+    let len = ctx.len();
+    if len == 0 {
+        // A FIN that came alone is queued as an empty segment. TCP has taken the FIN already
+        // (the daemon sees the EOF); redirected, the empty segment would make the peer's
+        // backlog work report EPIPE on the peer (a send of 0 bytes counts as a hard error).
+        return Err(sk_action::SK_DROP);
+    }
+    // SAFETY: `peer` is this CPU's copy of the entry, valid while the program runs; only this
+    // CPU writes it now (the program runs with migration disabled), the daemon only reads it.
+    let mut peer_cookie = unsafe {
+        (*peer).bytes += u64::from(len);
+        (*peer).peer_cookie
+    };
+    // SK_PASS when the peer is in the map (the segment is queued for it), SK_DROP otherwise.
+    Ok(SPLICE_SOCKS.redirect_skb(ctx, &mut peer_cookie, 0) as u32)
 }
 
 /// Reports a connection bypassed at connect, now established, to the daemon.

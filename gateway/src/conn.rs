@@ -24,7 +24,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
-    ebpf::{EbpfError, OrigDstTable},
+    ebpf::{EbpfError, OrigDstTable, SpliceMaps},
     http::{self, HostJudge, HttpError, Verdict},
     metrics::{HandshakeFailure, Metrics, Outcome},
     net::{ClientAddr, DialError, OrigDst, dial},
@@ -33,9 +33,10 @@ use crate::{
         bound::BoundNames,
         route::{First, Forbid, Intercept, Splice},
     },
-    relay::{RelayError, RelayStats, Timeouts, relay, splice},
+    relay::{RelayError, RelayStats, Timeouts, relay},
     sandbox::{SandboxId, SandboxTag},
     secrets::{SandboxSecrets, SecretsFilter},
+    splice::{self, SpliceMode},
     tls::{
         TlsContext,
         certs::Subject,
@@ -75,6 +76,8 @@ pub struct SandboxContext {
     pub label: Arc<str>,
     /// The names its DNS answers gave each address for (what an address may claim to be).
     pub dns_bindings: Arc<crate::dns::SandboxBindings>,
+    /// The kernel splice maps, when splices are done in the kernel (`[tls] kernel_splice`).
+    pub kernel_splice: Option<SpliceMaps>,
 }
 
 impl SandboxContext {
@@ -283,6 +286,8 @@ struct ConnInfo {
     /// Whether `mode` was counted open in [`ConnStats`].
     counted: bool,
     upstream: UpstreamFacts,
+    /// How a splice moved its bytes.
+    splice: Option<SpliceMode>,
 }
 
 /// Handles one accepted connection and logs one line about it.
@@ -384,7 +389,9 @@ async fn try_handle(
         Route::Splice(_) => {
             let (upstream, local) = dial(dst, ctx.timeouts.connect).await?;
             info.upstream.local = local;
-            Ok(splice(stream, &prefix, upstream, ctx.timeouts.idle).await?)
+            let kernel = ctx.kernel_splice.as_ref();
+            let idle = ctx.timeouts.idle;
+            Ok(splice::splice(kernel, stream, &prefix, upstream, idle, &mut info.splice).await?)
         }
         Route::Intercept(route) => {
             let intercepted = intercept::handshake(
@@ -621,18 +628,20 @@ fn log_close(
     let sni = info.sni.as_deref().unwrap_or("");
     let alpn = info.upstream.alpn.as_deref().unwrap_or("");
     let mode = info.mode.as_str();
+    let splice = info.splice.map_or("", SpliceMode::as_str);
     match result {
         Ok(stats) => info!(
-            sandbox = %sandbox, client = %client, orig_dst, sni, mode, alpn, upstream_local,
-            bytes_up = stats.bytes_up, bytes_down = stats.bytes_down, duration_ms, outcome = "ok",
+            sandbox = %sandbox, client = %client, orig_dst, sni, mode, splice, alpn,
+            upstream_local, bytes_up = stats.bytes_up, bytes_down = stats.bytes_down,
+            duration_ms, outcome = "ok",
             "connection closed"
         ),
         Err(err) => {
             let stats = err.stats();
             warn!(
-                sandbox = %sandbox, client = %client, orig_dst, sni, mode, alpn, upstream_local,
-                bytes_up = stats.bytes_up, bytes_down = stats.bytes_down, duration_ms,
-                outcome = "error", error = %err,
+                sandbox = %sandbox, client = %client, orig_dst, sni, mode, splice, alpn,
+                upstream_local, bytes_up = stats.bytes_up, bytes_down = stats.bytes_down,
+                duration_ms, outcome = "error", error = %err,
                 "connection failed"
             );
         }

@@ -19,17 +19,17 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{
         HashMap, LpmTrie, Map, MapData, MapError, MapInfo, MapType, PerCpuArray, PerCpuHashMap,
-        RingBuf,
+        RingBuf, SockHash,
     },
     programs::{
-        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SockOps,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SkSkb, SockOps,
         links::{FdLink, LinkError},
     },
 };
 use gateway_common::{
     AddrKey, AddrRule, BYPASS_EVENTS_BYTES, BypassEvent, ClientKey, Counter, Counters, DnsBinding,
     DnsBindingKey, DnsRedirect, LRU_MAP_FLAGS, OrigDstEntry, PortKey, PortRule, Refusals,
-    SandboxConf, map_names,
+    SandboxConf, SplicePeer, map_names,
 };
 
 pub use self::{pins::PinDir, rules::SandboxRules};
@@ -49,6 +49,8 @@ const GETPEERNAME4: &str = "gateway_getpeername4";
 const GETPEERNAME6: &str = "gateway_getpeername6";
 const SOCK_CREATE: &str = "gateway_sock_create";
 const SOCK_OPS: &str = "gateway_sock_ops";
+/// Attached to `SPLICE_SOCKS` (not to a cgroup), once, at load.
+const SPLICE_VERDICT: &str = "gateway_splice_verdict";
 
 /// The cgroup_sock_addr programs (connect, send, receive and getpeername hooks).
 const SOCK_ADDR_PROGRAMS: [&str; 8] = [
@@ -100,6 +102,14 @@ pub enum EbpfError {
     #[error("the kernel rejected program `{name}`: {source}")]
     Load {
         name: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    /// Attaching the splice verdict program to its socket map failed.
+    #[error("attaching `{name}` to map {map}: {source}")]
+    AttachMap {
+        name: &'static str,
+        map: &'static str,
         #[source]
         source: ProgramError,
     },
@@ -166,6 +176,7 @@ pub struct Programs {
     dns_bindings: DnsBindingMap,
     orig_dst: OrigDstTable,
     counts: Counts,
+    splice: SpliceMaps,
     pins: Option<PinDir>,
 }
 
@@ -209,6 +220,25 @@ impl Programs {
             source,
         })?;
         let mut maps = MapTaker { ebpf: &mut ebpf };
+        let splice_socks: SockHash<MapData, u64> = maps.take(map_names::SPLICE_SOCKS)?;
+        let splice_peers: PerCpuHashMap<MapData, u64, SplicePeer> =
+            maps.take(map_names::SPLICE_PEERS)?;
+        let verdict: &mut SkSkb = program_mut(&mut ebpf, SPLICE_VERDICT)?;
+        verdict.load().map_err(|source| EbpfError::Load {
+            name: SPLICE_VERDICT,
+            source,
+        })?;
+        // Attached to the map, so it lives as long as the map does: a pinned map adopted from
+        // a previous daemon had its program, which this one replaces.
+        verdict
+            .attach(splice_socks.fd())
+            .map_err(|source| EbpfError::AttachMap {
+                name: SPLICE_VERDICT,
+                map: map_names::SPLICE_SOCKS,
+                source,
+            })?;
+        let splice = SpliceMaps::new(splice_socks, splice_peers)?;
+        let mut maps = MapTaker { ebpf: &mut ebpf };
         Ok(Programs {
             sandboxes: maps.take(map_names::SANDBOXES)?,
             port_rules: maps.take(map_names::PORT_RULES)?,
@@ -222,6 +252,7 @@ impl Programs {
                 counters: maps.take(map_names::COUNTERS)?,
                 refusals: maps.take(map_names::REFUSALS)?,
             }))),
+            splice,
             ebpf,
             pins,
         })
@@ -532,6 +563,11 @@ impl Programs {
         self.dns_bindings.clone()
     }
 
+    /// A shareable handle on the kernel splice maps.
+    pub fn splice_maps(&self) -> SpliceMaps {
+        self.splice.clone()
+    }
+
     /// A shareable handle on the `ORIG_DST` map.
     pub fn orig_dst(&self) -> OrigDstTable {
         self.orig_dst.clone()
@@ -648,7 +684,7 @@ impl Shape {
 
 /// Every map of the object. A pinned map that does not look like this was made by another
 /// build: using it would corrupt both.
-const MAP_LAYOUTS: [MapLayout; 13] = [
+const MAP_LAYOUTS: [MapLayout; 15] = [
     layout::<u64, SandboxConf>(map_names::SANDBOXES, MapType::Hash),
     layout::<u64, OrigDstEntry>(map_names::PENDING, MapType::LruHash),
     layout::<ClientKey, OrigDstEntry>(map_names::ORIG_DST, MapType::LruHash),
@@ -662,6 +698,9 @@ const MAP_LAYOUTS: [MapLayout; 13] = [
     layout::<u64, DnsRedirect>(map_names::DNS_REDIRECTS, MapType::LruHash),
     layout::<u64, BypassEvent>(map_names::BYPASSED, MapType::LruHash),
     ring_buf(map_names::BYPASS_EVENTS, Some(BYPASS_EVENTS_BYTES)),
+    // A socket map's values are socket fds on the way in (u32 in the object).
+    layout::<u64, u32>(map_names::SPLICE_SOCKS, MapType::SockHash),
+    layout::<u64, SplicePeer>(map_names::SPLICE_PEERS, MapType::PerCpuHash),
 ];
 
 /// An LPM trie key: the prefix length, then the data.
@@ -824,6 +863,141 @@ impl OrigDstTable {
                 source,
             }),
         }
+    }
+}
+
+/// `SPLICE_SOCKS` and `SPLICE_PEERS`, shared by every connection spliced in the kernel; the
+/// lock is held for one map operation.
+#[derive(Clone)]
+pub struct SpliceMaps(Arc<Mutex<SpliceMapsInner>>);
+
+struct SpliceMapsInner {
+    socks: SockHash<MapData, u64>,
+    peers: PerCpuHashMap<MapData, u64, SplicePeer>,
+    /// Possible CPUs: the copies of each per-CPU value.
+    cpus: usize,
+}
+
+impl fmt::Debug for SpliceMaps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SpliceMaps")
+    }
+}
+
+impl SpliceMaps {
+    /// Takes the maps over. Peer entries already there were left by a daemon that died with
+    /// splices open: their sockets closed with it (which took them out of `SPLICE_SOCKS`), so
+    /// the entries are removed.
+    fn new(
+        socks: SockHash<MapData, u64>,
+        mut peers: PerCpuHashMap<MapData, u64, SplicePeer>,
+    ) -> Result<Self, EbpfError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, source)| EbpfError::Cpus { source })?;
+        let stale: Vec<u64> = peers.keys().filter_map(Result::ok).collect();
+        for cookie in &stale {
+            if let Err(err) = peers.remove(cookie)
+                && !matches!(err, MapError::KeyNotFound)
+            {
+                tracing::warn!(cookie, error = %err, "failed to remove a stale splice peer");
+            }
+        }
+        if !stale.is_empty() {
+            tracing::info!(entries = stale.len(), "removed stale splice peers");
+        }
+        Ok(SpliceMaps(Arc::new(Mutex::new(SpliceMapsInner {
+            socks,
+            peers,
+            cpus,
+        }))))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SpliceMapsInner> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes `peer` the destination of what the socket `cookie` receives, once it is in
+    /// `SPLICE_SOCKS`, with nothing counted yet.
+    ///
+    /// # Errors
+    /// [`EbpfError::Map`] when the map refuses it (full, say).
+    pub fn add_peer(&self, cookie: u64, peer: u64) -> Result<(), EbpfError> {
+        let value = SplicePeer {
+            peer_cookie: peer,
+            bytes: 0,
+        };
+        let mut maps = self.lock();
+        let values = aya::maps::PerCpuValues::try_from(vec![value; maps.cpus])
+            .map_err(|source| EbpfError::Cpus { source })?;
+        maps.peers
+            .insert(cookie, values, BPF_NOEXIST)
+            .map_err(|source| EbpfError::Map {
+                op: "insert into",
+                map: map_names::SPLICE_PEERS,
+                source,
+            })
+    }
+
+    /// Adds the socket `fd`, whose cookie is `cookie`, to `SPLICE_SOCKS`: from its next
+    /// received segment on, the verdict program handles what it receives.
+    ///
+    /// # Errors
+    /// [`EbpfError::Map`] when the kernel refuses it (a socket not established, a full map).
+    pub fn add_socket(&self, cookie: u64, fd: &impl std::os::fd::AsRawFd) -> Result<(), EbpfError> {
+        self.lock()
+            .socks
+            .insert(cookie, fd.as_raw_fd(), 0)
+            .map_err(|source| EbpfError::Map {
+                op: "insert into",
+                map: map_names::SPLICE_SOCKS,
+                source,
+            })
+    }
+
+    /// Bytes the verdict program moved from the socket `cookie` to its peer so far.
+    ///
+    /// # Errors
+    /// [`EbpfError::Map`] when the entry cannot be read (or is missing).
+    pub fn bytes(&self, cookie: u64) -> Result<u64, EbpfError> {
+        self.lock()
+            .peers
+            .get(&cookie, 0)
+            .map(|copies| copies.iter().map(|copy| copy.bytes).sum())
+            .map_err(|source| EbpfError::Map {
+                op: "look up in",
+                map: map_names::SPLICE_PEERS,
+                source,
+            })
+    }
+
+    /// Takes the socket `cookie` out of `SPLICE_SOCKS` (gone already, as a closed socket is,
+    /// is fine).
+    pub fn remove_socket(&self, cookie: u64) {
+        let result = self.lock().socks.remove(&cookie);
+        report_splice_removal(cookie, map_names::SPLICE_SOCKS, result);
+    }
+
+    /// Entries in `SPLICE_SOCKS` and `SPLICE_PEERS` now (two per open kernel splice).
+    pub fn entries(&self) -> (usize, usize) {
+        let maps = self.lock();
+        (maps.socks.keys().count(), maps.peers.keys().count())
+    }
+
+    /// Removes the peer entry of the socket `cookie` (gone already is fine).
+    pub fn remove_peer(&self, cookie: u64) {
+        let result = self.lock().peers.remove(&cookie);
+        report_splice_removal(cookie, map_names::SPLICE_PEERS, result);
+    }
+}
+
+/// `bpf_map_update_elem` flag: fail if the key exists (a cookie is never in two splices).
+const BPF_NOEXIST: u64 = 1;
+
+fn report_splice_removal(cookie: u64, map: &'static str, result: Result<(), MapError>) {
+    match result {
+        Ok(()) | Err(MapError::KeyNotFound) => {}
+        // A socket map reports a missing key as ENOENT from the syscall.
+        Err(MapError::SyscallError(err)) if err.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+        Err(err) => tracing::warn!(cookie, map, error = %err, "failed to remove a splice entry"),
     }
 }
 

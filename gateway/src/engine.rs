@@ -483,6 +483,11 @@ impl Engine {
             metrics: Arc::clone(&self.metrics),
             label: Arc::from(name.as_str()),
             dns_bindings: Arc::clone(&bindings),
+            kernel_splice: self
+                .options
+                .tls
+                .kernel_splice
+                .then(|| self.programs.splice_maps()),
         });
         // Listeners accept before the programs redirect anything, so no connect is lost.
         let accept_loops: Vec<_> = listeners

@@ -22,5 +22,6 @@ pub mod relay;
 pub mod run;
 pub mod sandbox;
 pub mod secrets;
+pub mod splice;
 pub mod state;
 pub mod tls;

@@ -162,7 +162,7 @@ where
     }
 }
 
-fn idle_error(idle: Duration) -> io::Error {
+pub(crate) fn idle_error(idle: Duration) -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
         format!("no data either way for {idle:?} (idle timeout)"),

@@ -47,7 +47,7 @@ pub struct Config {
 }
 
 /// The `[tls]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default, expecting = "a table")]
 pub struct TlsConfig {
     /// The CA certificate (PEM) that signs forged certificates; with `ca_key`, both or neither.
@@ -64,6 +64,9 @@ pub struct TlsConfig {
     pub hello_timeout: HelloTimeout,
     /// Names spliced raw, never intercepted.
     pub bypass: Vec<Pattern>,
+    /// Splice bypassed connections in the kernel (a sockmap), once the ClientHello is
+    /// replayed; off, or where the kernel refuses, they are copied in user space.
+    pub kernel_splice: bool,
     /// CA files trusted for every upstream, besides the system roots.
     pub extra_ca_files: Vec<FilePath>,
     /// Per-pattern upstream settings; the most specific pattern wins.
@@ -82,6 +85,23 @@ pub struct UpstreamRule {
     /// Whether to verify these upstreams' certificates.
     #[serde(default = "verify_by_default")]
     pub verify: bool,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            ca_cert: None,
+            ca_key: None,
+            validity_hours: ValidityHours::default(),
+            cache_capacity: CacheCapacity::default(),
+            plain_tcp: PlainTcp::default(),
+            hello_timeout: HelloTimeout::default(),
+            bypass: Vec::new(),
+            kernel_splice: true,
+            extra_ca_files: Vec::new(),
+            upstream: Vec::new(),
+        }
+    }
 }
 
 fn verify_by_default() -> bool {

@@ -94,6 +94,7 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(tls.plain_tcp, PlainTcp::Refuse);
     assert_eq!(tls.hello_timeout.get(), Duration::from_secs(10));
     assert!(tls.bypass.is_empty());
+    assert!(tls.kernel_splice);
     assert!(tls.extra_ca_files.is_empty());
     assert!(tls.upstream.is_empty());
 }
@@ -134,6 +135,7 @@ cache_capacity = 5
 plain_tcp = "relay"
 hello_timeout = "1m"
 bypass = ["API.Example.COM."]
+kernel_splice = false
 [[tls.upstream]]
 pattern = "self-signed.test"
 verify = false
@@ -146,6 +148,7 @@ pattern = "*.self-signed.test"
     assert_eq!(tls.plain_tcp, PlainTcp::Relay);
     assert_eq!(tls.hello_timeout.get(), Duration::from_secs(60));
     assert_eq!(tls.bypass, vec![exact("api.example.com")]);
+    assert!(!tls.kernel_splice);
     assert_eq!(
         tls.upstream,
         vec![
@@ -306,6 +309,15 @@ verify = false
         "/etc/gateway.toml: tls.upstream[2].pattern: duplicates tls.upstream[0].pattern \
          (both are *.internal.test) (line 7, column 11)"
     );
+}
+
+#[test]
+fn kernel_splice_must_be_a_boolean() {
+    assert_eq!(
+        error_key("[tls]\nkernel_splice = \"yes\"\n"),
+        "tls.kernel_splice"
+    );
+    assert!(tls("kernel_splice = true").unwrap().kernel_splice);
 }
 
 #[test]
