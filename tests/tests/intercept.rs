@@ -269,6 +269,8 @@ fn tls_sessions_resume_towards_the_sandbox_and_the_upstream() {
                     &addr(&site),
                     "-servername",
                     &site.name,
+                    // Read until the server closes (after the answer), tickets included.
+                    "-ign_eof",
                     session_flag,
                 ],
             );
