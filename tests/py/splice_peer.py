@@ -10,6 +10,7 @@ splice_peer.py server --listen IP:PORT
     upload N    read until EOF, then send {"sha256", "length"} of what came as a JSON line,
                 then N pattern bytes, then close (the client half-closed before the answer)
     reset N     send N pattern bytes, then reset the connection
+    sink        read until EOF or an error
     stream      send pattern bytes (up to 1 GiB) until an error (the client resets mid-transfer)
     echo N      read N bytes, send them back and close first (so the TIME_WAIT is here, not
                 among the host's ports for dialling this address)
@@ -22,6 +23,8 @@ splice_peer.py reset IP PORT SNI N
 splice_peer.py abort IP PORT SNI N
   Sends "stream", reads N bytes of it, then resets with the rest unread; prints JSON
   {"received"}.
+splice_peer.py hold IP PORT SNI SECONDS
+  Sends "sink" and keeps the connection open (idle) for SECONDS; prints JSON {"held"}.
 splice_peer.py many IP PORT SNI COUNT CONCURRENCY
   COUNT echo connections of 100 bytes each, at most CONCURRENCY at once; prints JSON {"ok",
   "failed", "errors"} (the first few errors).
@@ -113,6 +116,10 @@ def serve_one(conn):
         elif cmd == "reset":
             conn.sendall(pattern(int(arg), 5))
             reset(conn)
+        elif cmd == "sink":
+            data, error = read_to_end(conn)
+            result.update(received=len(data), error=error)
+            conn.close()
         elif cmd == "stream":
             chunk = pattern(1 << 16, 11)
             try:
@@ -198,6 +205,14 @@ def abort(ip, port, sni, n):
     return {"received": int(n)}
 
 
+def hold(ip, port, sni, seconds):
+    sock, _, _ = connect(ip, port, sni)
+    sock.sendall(b"sink\n")
+    time.sleep(float(seconds))
+    sock.close()
+    return {"held": float(seconds)}
+
+
 async def one_echo(ip, port, hello, payload):
     reader, writer = await asyncio.open_connection(ip, int(port))
     try:
@@ -242,6 +257,8 @@ def main():
         result = reset_after(*args)
     elif cmd == "abort":
         result = abort(*args)
+    elif cmd == "hold":
+        result = hold(*args)
     elif cmd == "many":
         result = asyncio.run(many(*args))
     else:

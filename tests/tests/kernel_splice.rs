@@ -331,6 +331,42 @@ fn ten_thousand_kernel_splices_leave_nothing_behind() {
     assert!(daemon.problems().is_empty(), "{:#?}", daemon.problems());
 }
 
+/// A daemon that dies with splices open leaves their peer entries in the pinned map (its
+/// sockets, closed with it, left the socket map); the next one removes them, attaches its
+/// verdict program to the adopted map and splices in the kernel again.
+#[test]
+fn a_restarted_daemon_clears_stale_splices_and_splices_in_the_kernel() {
+    let env = Env::new();
+    let peer = Peer::start();
+    let mut daemon = env.daemon("");
+    let ip = peer.host.v4.to_string();
+    let mut hold = cmd("python3", [py_script("splice_peer.py")]);
+    hold.args(["hold", &ip, "443", SNI, "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let held = Guarded::new(
+        "holding client",
+        env.cgroup.spawn(None, &mut hold).unwrap(),
+        Duration::from_secs(5),
+    );
+    daemon
+        .wait_until("a splice open", Duration::from_secs(15), |d| {
+            splice_entries(d) == (2, 2)
+        })
+        .unwrap();
+    daemon.crash().unwrap();
+    let stale = daemon.map_entries("splice_peers").unwrap();
+    assert_eq!(stale, 2, "the dead daemon's peer entries stay pinned");
+    drop(held);
+    daemon.restart().unwrap();
+    assert_eq!(splice_entries(&daemon), (0, 0));
+    let result = env.client(&peer, &["upload", "100000", "100000"]);
+    assert_eq!(result["down_ok"], true, "{result}");
+    let line = close_line(&mut daemon, "connection closed");
+    assert_eq!(line["splice"], "kernel", "{line}");
+    assert_eq!(line["bytes_up"], result["sent_total"], "{line}");
+}
+
 #[test]
 fn with_kernel_splice_off_the_splice_is_done_in_user_space() {
     let env = Env::new();
