@@ -845,6 +845,41 @@ mod tests {
         assert_eq!(result.unwrap().bytes_up, 11);
     }
 
+    /// A client that half-closed before the splice (its FIN came with the ClientHello) cannot
+    /// go into the socket map (only established sockets can): the splice falls back to user
+    /// space with nothing lost and nothing left in the maps.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_socket_the_kernel_refuses_falls_back_to_user_space_whole() {
+        let Some(programs) = programs() else { return };
+        let maps = programs.splice_maps();
+        let (mut client, client_side) = pair().await;
+        let (upstream_side, mut upstream) = pair().await;
+        client.write_all(b" and the rest").await.unwrap();
+        client.shutdown().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let splice = spawn(Some(maps.clone()), client_side, b"HELLO", upstream_side);
+        let mut got = Vec::new();
+        bounded("reading upstream", upstream.read_to_end(&mut got))
+            .await
+            .unwrap();
+        assert_eq!(got, b"HELLO and the rest");
+        upstream.write_all(b"answer").await.unwrap();
+        upstream.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"answer");
+        let (mode, result) = bounded("the splice", splice).await.unwrap();
+        assert_eq!(mode, Some(SpliceMode::User));
+        assert_eq!(
+            result.unwrap(),
+            RelayStats {
+                bytes_up: 18,
+                bytes_down: 6
+            }
+        );
+        assert_eq!(maps.entries(), (0, 0));
+    }
+
     /// Idle splices are closed from the counters standing still.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idle_kernel_splices_are_closed() {
